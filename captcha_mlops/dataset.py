@@ -1,0 +1,38 @@
+"""Manifests (path,label CSV files written by verify_split) and loading their images for the model."""
+
+from __future__ import annotations
+
+import csv
+import functools
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from captcha_mlops.parallel import parallel_map
+from captcha_mlops.paths import ROOT
+from captcha_mlops.preprocess import to_array
+
+
+def write_manifest(path: Path, rows: list[tuple[Path, str]]) -> None:
+    with path.open("w", newline="", encoding="utf-8") as file:
+        writer = csv.writer(file)
+        writer.writerow(["path", "label"])
+        writer.writerows((str(p.relative_to(ROOT)), label) for p, label in rows)
+
+
+def read_manifest(path: Path) -> list[tuple[Path, str]]:
+    with path.open(newline="", encoding="utf-8") as file:
+        return [(ROOT / row["path"], row["label"]) for row in csv.DictReader(file)]
+
+
+def _load_one(path: Path, width: int, height: int) -> np.ndarray:
+    with Image.open(path) as image:
+        return to_array(image, width, height)
+
+
+def load_images(paths: list[Path], width: int, height: int, desc: str = "load") -> np.ndarray:
+    """uint8 (n, height, width, 1): the images as the model sees them, via the shared preprocessing."""
+    load = functools.partial(_load_one, width=width, height=height)
+    arrays = list(parallel_map(load, paths, total=len(paths), desc=desc))
+    return np.stack(arrays) if arrays else np.zeros((0, height, width, 1), np.uint8)

@@ -1,0 +1,56 @@
+"""The one preprocessing function: training, evaluation and serving all call `to_array`, so an image is
+turned into model input the same way everywhere, whatever its size or mode."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+from PIL import Image
+
+# Serving refuses images above this many pixels before decoding them (a decompression bomb guard).
+MAX_PIXELS = 4096 * 4096
+
+
+class BadImage(ValueError):
+    """The bytes are not an image we can read."""
+
+
+def open_image(data: bytes, max_pixels: int = MAX_PIXELS) -> Image.Image:
+    """Decode `data` into a loaded single-frame image, or raise BadImage saying why."""
+    if not data:
+        raise BadImage("empty file")
+    try:
+        image = Image.open(io.BytesIO(data))
+        width, height = image.size
+        if width * height > max_pixels:
+            raise BadImage(f"image is {width}x{height}: more than {max_pixels} pixels")
+        image.seek(0)  # animated GIF/WebP: the first frame
+        image.load()
+    except BadImage:
+        raise
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
+        raise BadImage(f"not a readable image ({error})") from None
+    return image
+
+
+def to_grayscale(image: Image.Image) -> Image.Image:
+    """Any mode -> 8-bit grayscale; transparent pixels become white, as on a web page."""
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        image = image.convert("RGBA")
+        background = Image.new("RGBA", image.size, (255, 255, 255, 255))
+        image = Image.alpha_composite(background, image)
+    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        image = image.convert("F").point(lambda v: v / 256).convert("L")
+    return image.convert("L")
+
+
+def to_array(image: Image.Image, width: int, height: int) -> np.ndarray:
+    """Image of any size/mode -> uint8 (height, width, 1), the model's input.
+
+    Scaling to [0, 1] is the model's first layer, so a batch of training images stays uint8 in memory.
+    """
+    gray = to_grayscale(image)
+    if gray.size != (width, height):
+        gray = gray.resize((width, height), Image.Resampling.BILINEAR)
+    return np.asarray(gray, dtype=np.uint8)[..., None]

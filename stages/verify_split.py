@@ -1,0 +1,118 @@
+"""Stage 2: check every image (generated and user-supplied), report the bad ones, split the good 19:1.
+
+Inputs are only read: nothing is moved, deleted or rewritten. The outputs are manifests under
+data/split/ (train.csv, test.csv: path,label), the effective charset, and a report of anomalies.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+from collections import Counter
+from collections.abc import Iterable
+from pathlib import Path
+
+from PIL import Image
+
+from captcha_mlops.dataset import write_manifest
+from captcha_mlops.labels import Codec, collect_charset, label_from_name
+from captcha_mlops.parallel import parallel_map
+from captcha_mlops.params import DataParams, VerifySplitParams, load_params
+from captcha_mlops.paths import ORIGIN, ROOT, SPLIT
+
+# Files that document a folder rather than being samples in it.
+NOT_SAMPLES = {"README.md", ".gitkeep"}
+
+
+def check_image(path: Path, data: DataParams, verify: VerifySplitParams) -> tuple[str, str | None]:
+    """(label, None) for a usable image, or (label, reason) for an anomaly. Charset is checked later."""
+    label = label_from_name(path)
+    suffix = path.suffix.lower().lstrip(".")
+    if suffix not in verify.formats:
+        return label, f"suffix '{path.suffix}' not in {verify.formats}"
+    if not label:
+        return label, "no label: name must be label_anything.ext or label.ext"
+    if not data.min_length <= len(label) <= data.max_length:
+        return label, f"label '{label}' has {len(label)} characters, expected {_lengths(data)}"
+    try:
+        with Image.open(path) as image:
+            image.load()
+            size = image.size
+    except Exception as error:
+        return label, f"cannot be read as an image ({type(error).__name__}: {error})"
+    if size != (data.width, data.height) and not verify.resize:
+        return label, f"size {size[0]}x{size[1]}, expected {data.width}x{data.height} (or set resize: true)"
+    return label, None
+
+
+def in_test_split(path: Path, test_ratio: float) -> bool:
+    """A file's side depends on its name alone, so adding samples never moves an existing one."""
+    digest = hashlib.sha256(path.name.encode("utf-8")).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64 < test_ratio
+
+
+def list_inputs(folders: Iterable[Path]) -> tuple[list[Path], list[str]]:
+    """Every file under the folders, in a stable order; and a note per folder that does not exist."""
+    files, missing = [], []
+    for folder in folders:
+        if not folder.is_dir():
+            missing.append(str(folder.relative_to(ROOT)) if folder.is_relative_to(ROOT) else str(folder))
+            continue
+        files += sorted(p for p in folder.rglob("*") if p.is_file() and p.name not in NOT_SAMPLES)
+    return files, missing
+
+
+def main() -> None:
+    params = load_params()
+    data, verify = params.data, params.verify_split
+    folders = [ORIGIN, *(ROOT / extra for extra in verify.extra_dirs)]
+    files, missing = list_inputs(folders)
+    for folder in missing:
+        print(f"verify_split: {folder} does not exist, skipped (create it to add your own images)")
+
+    check = functools.partial(check_image, data=data, verify=verify)
+    results = list(parallel_map(check, files, total=len(files), desc="verify"))
+    anomalies = {str(p.relative_to(ROOT)): reason for p, (_, reason) in zip(files, results) if reason}
+    good = [(p, label) for p, (label, reason) in zip(files, results) if not reason]
+
+    charset = collect_charset(label for _, label in good) if data.charset_from_data else data.charset
+    codec = Codec(charset, data.max_length)
+    for path, label in good:
+        if unknown := codec.unknown_chars(label):
+            anomalies[str(path.relative_to(ROOT))] = f"characters {''.join(sorted(unknown))!r} not in the charset"
+    good = [(p, label) for p, label in good if str(p.relative_to(ROOT)) not in anomalies]
+    if not good:
+        raise SystemExit(f"verify_split: no usable image in {[str(f) for f in folders]}; see {SPLIT}/anomalies.json")
+
+    SPLIT.mkdir(parents=True, exist_ok=True)
+    sides: dict[str, list[tuple[Path, str]]] = {"train": [], "test": []}
+    for path, label in good:
+        sides["test" if in_test_split(path, verify.test_ratio) else "train"].append((path, label))
+    for side, rows in sides.items():
+        write_manifest(SPLIT / f"{side}.csv", rows)
+    (SPLIT / "charset.txt").write_text(charset, encoding="utf-8")
+
+    reasons = Counter(reason.split(" ")[0] for reason in anomalies.values())
+    report = {
+        "checked": len(files),
+        "train": len(sides["train"]),
+        "test": len(sides["test"]),
+        "anomalies": len(anomalies),
+        "missing_folders": missing,
+        "anomalies_by_kind": dict(reasons),
+        "files": anomalies,
+    }
+    (SPLIT / "anomalies.json").write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    print(
+        f"verify_split: {len(files)} files, {len(sides['train'])} train, {len(sides['test'])} test, "
+        f"{len(anomalies)} anomalies (see {SPLIT / 'anomalies.json'})"
+    )
+
+
+def _lengths(data: DataParams) -> str:
+    return str(data.max_length) if data.min_length == data.max_length else f"{data.min_length}..{data.max_length}"
+
+
+if __name__ == "__main__":
+    main()
