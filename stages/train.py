@@ -34,7 +34,6 @@ from captcha_mlops.tracking import use_experiment
 CHECKPOINTS = ROOT / "checkpoints" / "train"
 RUN_ID_FILE = CHECKPOINTS / "mlflow_run_id"
 TRAIN_LOG = REPORTS / "train_log.csv"
-LOG_EVERY_N_STEPS = 20
 
 
 class MlflowLogger(keras.callbacks.Callback):
@@ -188,7 +187,7 @@ def main() -> None:
             verbose=2,
             callbacks=[
                 keras.callbacks.BackupAndRestore(str(CHECKPOINTS)),
-                MlflowLogger(LOG_EVERY_N_STEPS),
+                MlflowLogger(train.log_every_n_steps),
                 keras.callbacks.CSVLogger(str(TRAIN_LOG), append=True),
                 StopAtAccuracy(train.acc_stop),
                 keras.callbacks.EarlyStopping(
@@ -207,7 +206,7 @@ def main() -> None:
         mlflow.log_metrics({f"best_{k}": v for k, v in summary.items() if k.startswith("val_")})
         (REPORTS / "train_metrics.json").write_text(json.dumps(summary, indent=2) + "\n")
         mlflow.log_artifact(str(TRAIN_LOG))
-    shutil.rmtree(CHECKPOINTS.parent, ignore_errors=True)
+    shutil.rmtree(CHECKPOINTS, ignore_errors=True)
     print(f"train: {summary}")
 
 
@@ -229,7 +228,12 @@ def save_model(model: keras.Model, params: Params, codec: Codec, run_id: str) ->
     model.save(MODELS / MODEL_FILE)
     meta.write(MODELS)
     mlflow.keras.log_model(
-        model, name="model", signature=signature(meta, codec.num_classes), metadata={"captcha": meta.__dict__}
+        model,
+        name="model",
+        signature=signature(meta, codec.num_classes),
+        metadata={"captcha": meta.__dict__},
+        # Stated rather than inferred: inference reloads the model in a subprocess, slow and noisy.
+        pip_requirements=[f"tensorflow=={tf.__version__}", f"keras=={keras.__version__}"],
     )
     mlflow.log_artifact(str(MODELS / "meta.json"))
 

@@ -1,0 +1,35 @@
+"""End to end: `dvc repro` on a tiny copy of the project, then the DVC and MLflow views of it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import mlflow
+
+from tests.conftest import project_env, run
+
+
+def test_repro_writes_data_models_metrics_and_an_mlflow_run(pipeline_project: Path) -> None:
+    root = pipeline_project
+    assert len(list((root / "data/origin").glob("*_*.png"))) == 300
+    assert (root / "models/model.keras").is_file()
+    meta = json.loads((root / "models/meta.json").read_text())
+    assert meta["width"] == 100 and meta["height"] == 60 and meta["max_length"] == 4
+    metrics = json.loads((root / "reports/metrics.json").read_text())
+    assert metrics["test_images"] > 0
+    assert 0.0 <= metrics["image_accuracy"] <= metrics["char_accuracy"] <= 1.0
+    assert (root / "reports/failures.png").stat().st_size > 0
+
+    mlflow.set_tracking_uri(project_env(root)["MLFLOW_TRACKING_URI"])
+    run_data = mlflow.get_run(meta["run_id"]).data
+    assert run_data.params["train.epochs"] == "1"
+    assert "test_image_accuracy" in run_data.metrics and "val_image_accuracy" in run_data.metrics
+    history = mlflow.MlflowClient().get_metric_history(meta["run_id"], "step_loss")
+    assert history, "per-step training loss is logged"
+
+
+def test_repro_again_is_a_no_op(pipeline_project: Path) -> None:
+    output = run(["dvc", "repro"], pipeline_project)
+    assert "didn't change, skipping" in output
+    assert "Running stage" not in output
