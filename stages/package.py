@@ -1,0 +1,135 @@
+"""Stage 5: promote the best MLflow run of a captcha type and package it for serving.
+
+Picks the run of experiment `captcha-<name>` with the highest `test_image_accuracy` among runs that logged a
+model, registers that model as `captcha-<name>` (alias `champion`), downloads it FROM MLflow and imports it
+into the BentoML model store as `captcha-<name>`. So the champion is served, not necessarily the model that
+the workspace just trained. Writes models/bento_model.json, the record of what was packaged.
+
+    python -m stages.package                 # data.name from params.yaml
+    python -m stages.package --name digits5  # any other captcha type tracked in the same MLflow store
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import bentoml
+import mlflow
+from mlflow.entities import Run
+from mlflow.entities.model_registry import ModelVersion
+
+from captcha_mlops.params import load_params
+from captcha_mlops.paths import MODELS, tracking_uri
+from captcha_mlops.recognizer import META_FILE, MODEL_FILE, ModelMeta
+from captcha_mlops.tracking import registered_name
+
+ALIAS = "champion"
+METRIC = "test_image_accuracy"
+RECORD = MODELS / "bento_model.json"
+
+
+class PackageError(RuntimeError):
+    """Nothing to package: no evaluated run with a logged model."""
+
+
+def champion_run(client: mlflow.MlflowClient, experiment_name: str) -> tuple[Run, str]:
+    """The best evaluated run that logged a model (newest first on a tie), and that model's URI."""
+    experiment = client.get_experiment_by_name(experiment_name)
+    if experiment is None:
+        raise PackageError(f"no MLflow experiment {experiment_name!r} in {tracking_uri()}")
+    model_uris = {m.source_run_id: m.model_uri for m in client.search_logged_models([experiment.experiment_id])}
+    runs = client.search_runs(
+        [experiment.experiment_id],
+        filter_string=f"metrics.{METRIC} >= 0",
+        order_by=[f"metrics.{METRIC} DESC", "attributes.start_time DESC"],
+    )
+    for run in runs:
+        if run.info.run_id in model_uris:
+            return run, model_uris[run.info.run_id]
+    raise PackageError(f"no run of {experiment_name!r} has both a logged model and {METRIC}")
+
+
+def register_champion(client: mlflow.MlflowClient, name: str, run: Run, model_uri: str) -> ModelVersion:
+    """Register the run's model (once: re-running reuses its version) and point the alias at it."""
+    existing = client.search_model_versions(f"name = '{name}' and run_id = '{run.info.run_id}'")
+    version = existing[0] if existing else mlflow.register_model(model_uri, name)
+    client.set_registered_model_alias(name, ALIAS, version.version)
+    return version
+
+
+def download(client: mlflow.MlflowClient, name: str, run: Run, workdir: Path) -> tuple[Path, ModelMeta]:
+    """model.keras of the champion (through the registry alias) and its meta.json (a run artifact)."""
+    model_dir = Path(mlflow.artifacts.download_artifacts(f"models:/{name}@{ALIAS}", dst_path=str(workdir / "mlflow")))
+    keras_files = list(model_dir.rglob(MODEL_FILE))
+    if len(keras_files) != 1:
+        raise PackageError(f"expected one {MODEL_FILE} in the MLflow model of run {run.info.run_id}, got {keras_files}")
+    meta_dir = Path(client.download_artifacts(run.info.run_id, META_FILE, str(workdir)))
+    meta = ModelMeta.read(meta_dir.parent if meta_dir.is_file() else meta_dir)
+    return keras_files[0], meta
+
+
+def latest_bento_model(tag_name: str) -> bentoml.Model | None:
+    try:
+        return bentoml.models.get(f"{tag_name}:latest")
+    except bentoml.exceptions.NotFound:
+        return None
+
+
+def package(captcha_type: str) -> dict[str, Any]:
+    """Register the champion of `captcha_type` and make it BentoML's latest `captcha-<type>`; return the record."""
+    mlflow.set_tracking_uri(tracking_uri())
+    client = mlflow.MlflowClient()
+    name = registered_name(captcha_type)
+    run, model_uri = champion_run(client, name)
+    version = register_champion(client, name, run, model_uri)
+    labels = {
+        "captcha_type": captcha_type,
+        "mlflow_run_id": run.info.run_id,
+        "mlflow_registered_model": name,
+        "mlflow_version": str(version.version),
+    }
+    record: dict[str, Any] = {
+        **labels,
+        "mlflow_alias": ALIAS,
+        "mlflow_model_uri": model_uri,
+        "test_image_accuracy": run.data.metrics.get(METRIC),
+        "test_char_accuracy": run.data.metrics.get("test_char_accuracy"),
+    }
+
+    latest = latest_bento_model(name)
+    if latest is not None and latest.info.labels == labels:
+        # Same champion as last time: a new BentoML version would only change what `:latest` means.
+        return {**record, "bento_tag": str(latest.tag), "bento_created": False}
+
+    with tempfile.TemporaryDirectory() as workdir:
+        keras_file, meta = download(client, name, run, Path(workdir))
+        metadata = {**dataclasses.asdict(meta), **record}
+        with bentoml.models.create(name, labels=labels, metadata=metadata) as bento_model:
+            shutil.copyfile(keras_file, bento_model.path_of(MODEL_FILE))
+            meta.write(bento_model.path)
+    return {**record, "bento_tag": str(bento_model.tag), "bento_created": True}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--name", help="captcha type (default: data.name in params.yaml)")
+    parser.add_argument("--record", type=Path, help=f"where to write the record (default: {RECORD} for data.name)")
+    args = parser.parse_args()
+    params_name = load_params().data.name
+    captcha_type = args.name or params_name
+    record = package(captcha_type)
+    record_path = args.record or (RECORD if captcha_type == params_name else None)
+    if record_path is not None:
+        record_path.parent.mkdir(parents=True, exist_ok=True)
+        record_path.write_text(json.dumps(record, indent=2) + "\n")
+    print(f"package: {json.dumps(record)}")
+
+
+if __name__ == "__main__":
+    main()
