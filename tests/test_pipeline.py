@@ -33,3 +33,20 @@ def test_repro_again_is_a_no_op(pipeline_project: Path) -> None:
     output = run(["dvc", "repro"], pipeline_project)
     assert "didn't change, skipping" in output
     assert "Running stage" not in output
+
+
+def test_experiment_shows_in_dvc_and_mlflow(pipeline_project: Path) -> None:
+    root = pipeline_project
+    # No MLFLOW_TRACKING_URI: the default store must be found from inside DVC's temporary copy of the repo.
+    env = {k: v for k, v in project_env(root).items() if k != "MLFLOW_TRACKING_URI"}
+    run(
+        ["dvc", "exp", "run", "--temp", "-n", "more-data", "-S", "generate.count=340", "-S", "train.epochs=2"],
+        root,
+        env,
+    )
+    experiments = json.loads(run(["dvc", "exp", "show", "--json"], root))
+    names = [exp["name"] for rev in experiments for exp in (rev.get("experiments") or [])]
+    assert "more-data" in names
+    mlflow.set_tracking_uri(project_env(root)["MLFLOW_TRACKING_URI"])
+    runs = mlflow.search_runs(experiment_names=["captcha-alnum4"], filter_string="params.`train.epochs` = '2'")
+    assert len(runs) == 1 and runs.iloc[0]["metrics.test_image_accuracy"] >= 0
