@@ -19,8 +19,12 @@ def test_interrupted_training_resumes_in_the_same_mlflow_run(project_factory: Ca
     run(["dvc", "repro", "verify_split"], root)
     checkpoint = root / "checkpoints/train/training_metadata.json"
     train = subprocess.Popen(
-        [sys.executable, "-m", "stages.train"], cwd=root, env=project_env(root), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )  # fmt: skip
+        [sys.executable, "-m", "stages.train"],
+        cwd=root,
+        env=project_env(root),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.monotonic() + 300
     while not checkpoint.exists() and train.poll() is None and time.monotonic() < deadline:
         time.sleep(0.2)

@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 
 import yaml
-from PIL import Image
 
 from captcha_mlops.synth import CaptchaFactory
 from tests.conftest import run
