@@ -55,7 +55,7 @@ def make_project(destination: Path, changes: dict | None = None) -> Path:
     ).stdout.decode()
     for name in filter(None, listed.split("\0")):
         source = REPO / name
-        if source.is_file() and not name.startswith(("tests/", "bench/results/", "reports/")):
+        if source.is_file() and not name.startswith(("tests/", "bench/results/", "reports/", "dvc.lock")):
             target = destination / name
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(source, target)
