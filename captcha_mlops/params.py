@@ -81,6 +81,7 @@ class TrainParams:
     validation_ratio: float = 0.05
     acc_stop: float = 0.995
     patience: int = 4
+    max_minutes: float = 0.0
     log_every_n_steps: int = 20
     seed: int = 0
 

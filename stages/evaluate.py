@@ -124,7 +124,7 @@ def main() -> None:
 
     use_experiment(meta.name)
     with mlflow.start_run(run_id=meta.run_id):
-        mlflow.log_metrics({f"test_{k}": v for k, v in metrics.items()})
+        mlflow.log_metrics({k if k.startswith("test_") else f"test_{k}": v for k, v in metrics.items()})
         for name in ("metrics.json", "confusions.json", "failures.png"):
             mlflow.log_artifact(str(REPORTS / name), artifact_path="evaluation")
     print(f"evaluate: {metrics}")

@@ -2,7 +2,8 @@
 
 Checkpoints go to checkpoints/ every epoch; if training is interrupted, the next run resumes from the
 last one, in the same MLflow run. Training stops at `train.epochs`, when validation image accuracy
-reaches `train.acc_stop`, or after `train.patience` epochs without improvement (best weights kept).
+reaches `train.acc_stop`, after `train.patience` epochs without improvement, or once `train.max_minutes`
+are used; the best weights by validation image accuracy are kept.
 """
 
 from __future__ import annotations
@@ -64,6 +65,20 @@ class StopAtAccuracy(keras.callbacks.Callback):
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         if (logs or {}).get("val_image_accuracy", 0.0) >= self.target:
             print(f"\nval_image_accuracy reached acc_stop={self.target}: stopping")
+            self.model.stop_training = True
+
+
+class TimeBudget(keras.callbacks.Callback):
+    """Stop after the first epoch that ends past `minutes` (used to compare models at equal cost)."""
+
+    def __init__(self, minutes: float) -> None:
+        super().__init__()
+        self.seconds = minutes * 60
+        self.started = time.monotonic()
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        if self.seconds and time.monotonic() - self.started >= self.seconds:
+            print(f"\ntime budget of {self.seconds / 60:g} minutes used: stopping")
             self.model.stop_training = True
 
 
@@ -190,6 +205,7 @@ def main() -> None:
                 MlflowLogger(train.log_every_n_steps),
                 keras.callbacks.CSVLogger(str(TRAIN_LOG), append=True),
                 StopAtAccuracy(train.acc_stop),
+                TimeBudget(train.max_minutes),
                 keras.callbacks.EarlyStopping(
                     "val_image_accuracy", mode="max", patience=train.patience, restore_best_weights=True
                 ),

@@ -1,0 +1,90 @@
+"""Accuracy benchmark: our network against the seed's, same data, same training time budget, one run.
+
+Each architecture is trained and evaluated by the real pipeline as a DVC experiment (`dvc exp run --temp`,
+so the workspace is left as it is; the generated data is shared through DVC's run cache), and tracked in
+MLflow like any other run. Results go to bench/results/accuracy.json.
+
+    python -m bench.accuracy                      # the issue's setting: 60k images, 40 min budget each
+    python -m bench.accuracy --count 20000 --minutes 10
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import time
+
+import mlflow
+
+from captcha_mlops.params import load_params
+from captcha_mlops.paths import ROOT, tracking_uri
+from captcha_mlops.tracking import registered_name
+
+RESULTS = ROOT / "bench" / "results" / "accuracy.json"
+
+
+def run_experiment(name: str, overrides: dict[str, object]) -> float:
+    """`dvc exp run --temp` with `-S key=value` overrides; returns its wall time in seconds."""
+    command = ["dvc", "exp", "run", "--temp", "-n", name, "--force"]
+    for key, value in overrides.items():
+        command += ["-S", f"{key}={value}"]
+    print("bench:", " ".join(command), flush=True)
+    started = time.monotonic()
+    subprocess.run(command, cwd=ROOT, check=True)
+    return time.monotonic() - started
+
+
+def latest_run(arch: str, since: float) -> dict[str, float | str]:
+    """Metrics of the newest MLflow run of `arch` started after `since` (epoch seconds)."""
+    mlflow.set_tracking_uri(tracking_uri())
+    runs = mlflow.search_runs(
+        experiment_names=[registered_name(load_params().data.name)],
+        filter_string=f"tags.arch = '{arch}' and attributes.start_time > {int(since * 1000)}",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
+    if runs.empty:
+        raise SystemExit(f"bench: no MLflow run of arch {arch} found after the experiment")
+    row = runs.iloc[0]
+    return {
+        "mlflow_run_id": row["run_id"],
+        "test_image_accuracy": float(row["metrics.test_image_accuracy"]),
+        "test_char_accuracy": float(row["metrics.test_char_accuracy"]),
+        "test_images": int(row["metrics.test_images"]),
+        "epochs": len(mlflow.MlflowClient().get_metric_history(row["run_id"], "val_image_accuracy")),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--count", type=int, default=60000, help="captchas generated (5%% become the test set)")
+    parser.add_argument("--minutes", type=float, default=40, help="training time budget per architecture")
+    parser.add_argument("--epochs", type=int, default=40, help="epoch cap (the budget usually stops first)")
+    args = parser.parse_args()
+
+    shared = {"generate.count": args.count, "train.max_minutes": args.minutes, "train.epochs": args.epochs}
+    results: dict[str, object] = {
+        "command": f"python -m bench.accuracy --count {args.count} --minutes {args.minutes} --epochs {args.epochs}",
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, {platform.python_version()}",
+        "settings": shared,
+    }
+    for arch in ("compact", "seed"):
+        started = time.time()
+        # The seed stops only on its budget, as the original did on its step cap.
+        extra = {"train.patience": args.epochs} if arch == "seed" else {}
+        seconds = run_experiment(f"bench-{arch}", {**shared, "model.arch": arch, **extra})
+        results[arch] = {**latest_run(arch, started), "pipeline_minutes": round(seconds / 60, 1)}
+        print(f"bench: {arch}: {results[arch]}", flush=True)
+
+    ours, seed = results["compact"], results["seed"]
+    results["image_accuracy_ratio"] = round(ours["test_image_accuracy"] / max(seed["test_image_accuracy"], 1e-9), 2)
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"bench: wrote {RESULTS.relative_to(ROOT)}")
+
+
+if __name__ == "__main__":
+    main()
