@@ -199,6 +199,7 @@ def main() -> None:
             train_ds,
             validation_data=val_ds,
             epochs=train.epochs,
+            shuffle=False,  # make_dataset shuffles, reproducibly for train.seed
             verbose=2,
             callbacks=[
                 keras.callbacks.BackupAndRestore(str(CHECKPOINTS)),
