@@ -83,3 +83,7 @@ def pipeline_project(project_factory: Callable[..., Path]) -> Path:
     root = project_factory("pipeline")
     run(["dvc", "repro"], root)
     return root
+
+
+# Serving fixtures (session-scoped: one `bentoml serve` for all test modules) are registered here, once.
+from tests.serving_fixtures import packaged, server  # noqa: E402, F401

@@ -1,0 +1,70 @@
+"""The package stage: MLflow champion -> registry alias -> BentoML store; and `bentoml build` of the service."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import mlflow
+import yaml
+
+from tests.conftest import BIN, project_env, run
+from tests.serving_fixtures import MODELS, Packaged
+
+
+def bento_models(env: dict[str, str], root: Path) -> list[dict]:
+    return json.loads(run([str(BIN / "bentoml"), "models", "list", "-o", "json"], root, env=env))
+
+
+def test_package_registers_champion_and_imports_it_into_bentoml(pipeline_project: Path) -> None:
+    root = pipeline_project
+    env = project_env(root)
+    record = json.loads((root / "models/bento_model.json").read_text())  # written by `dvc repro`
+    meta = json.loads((root / "models/meta.json").read_text())
+
+    mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
+    champion = mlflow.MlflowClient().get_model_version_by_alias("captcha-alnum4", "champion")
+    assert champion.run_id == meta["run_id"] == record["mlflow_run_id"]
+    assert record["mlflow_version"] == str(champion.version)
+
+    (model,) = [m for m in bento_models(env, root) if m["tag"] == record["bento_tag"]]
+    assert model["tag"].startswith("captcha-alnum4:")
+    model_dir = Path(env["BENTOML_HOME"], "models", *model["tag"].split(":"))
+    assert (model_dir / "model.keras").stat().st_size > 0
+    assert json.loads((model_dir / "meta.json").read_text())["charset"] == meta["charset"]
+    info = yaml.safe_load((model_dir / "model.yaml").read_text())
+    assert info["labels"]["mlflow_run_id"] == meta["run_id"]
+    assert info["metadata"]["width"] == 100 and "test_image_accuracy" in info["metadata"]
+
+
+def test_package_ignores_runs_without_a_model_and_is_idempotent(pipeline_project: Path) -> None:
+    root = pipeline_project
+    env = project_env(root)
+    before = json.loads((root / "models/bento_model.json").read_text())
+    mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
+    mlflow.set_experiment("captcha-alnum4")
+    with mlflow.start_run(run_name="better-but-no-model"):
+        mlflow.log_metric("test_image_accuracy", 2.0)  # beats any real run, yet has nothing to serve
+
+    output = run([str(BIN / "python"), "-m", "stages.package"], root)
+    after = json.loads((root / "models/bento_model.json").read_text())
+    assert after["mlflow_run_id"] == before["mlflow_run_id"], output
+    assert after["mlflow_version"] == before["mlflow_version"]  # no second registration of the same run
+    assert after["bento_tag"] == before["bento_tag"] and after["bento_created"] is False
+    assert len([m for m in bento_models(env, root) if m["tag"].startswith("captcha-alnum4:")]) == 1
+
+
+def test_bentoml_build_packs_service_code_and_both_models(packaged: Packaged) -> None:
+    root = packaged.alnum4
+    env = packaged.env(root) | {"CAPTCHA_MODELS": ",".join(MODELS)}
+    tag = run([str(BIN / "bentoml"), "build", "-o", "tag"], root, env=env).strip().splitlines()[-1]
+    tag = tag.removeprefix("__tag__:")
+    bento_dir = Path(run([str(BIN / "bentoml"), "get", tag, "-o", "path"], root, env=env).strip().splitlines()[-1])
+    bento = yaml.safe_load((bento_dir / "bento.yaml").read_text())
+    # New-style bentos list models per service; `bentoml export`/`containerize` copy them from this store.
+    packed = [m["tag"].split(":")[0] for service in bento["services"] for m in service["models"]]
+    assert sorted(packed) == ["captcha-alnum4", "captcha-digits5"]
+    for name in ("service.py", "params.yaml", "captcha_mlops/preprocess.py", "captcha_mlops/recognizer.py"):
+        assert (bento_dir / "src" / name).is_file(), name
+    requirements = (bento_dir / "env/python/requirements.in").read_text()
+    assert "tensorflow==2.21.0" in requirements and "bentoml==1.4.39" in requirements

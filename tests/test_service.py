@@ -1,0 +1,195 @@
+"""service.py through a real `bentoml serve`: both models, both routes, bad uploads, API key, saving, batching."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import os
+import re
+import struct
+import zlib
+
+import httpx
+import pytest
+from PIL import Image
+
+from tests.serving_fixtures import API_KEY, MAX_BYTES, MODELS, Server
+
+SIZES = {"alnum4": (100, 60), "digits5": (120, 50)}
+CHARSETS = {"alnum4": "0123456789abcdefghijklmnopqrstuvwxyz", "digits5": "0123456789"}
+
+
+def encode(image: Image.Image, fmt: str = "PNG", **options: object) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **options)
+    return buffer.getvalue()
+
+
+def fresh_captcha(client: httpx.Client, model: str) -> bytes:
+    response = client.get("/captcha/", params={"model": model})
+    assert response.status_code == 200 and response.headers["content-type"] == "image/png"
+    return response.content
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_captcha_route_returns_a_png_of_the_models_size(server: Server, model: str) -> None:
+    with server.client() as client:
+        image = Image.open(io.BytesIO(fresh_captcha(client, model)))
+        assert image.format == "PNG" and image.size == SIZES[model]
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_recognize_reads_with_the_named_model(server: Server, model: str) -> None:
+    with server.client() as client:
+        image = fresh_captcha(client, model)
+        response = client.post("/recognize", files={"image_file": ("c.png", image)}, data={"model": model})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["model"] == model and body["version"]
+    assert set(body["text"]) <= set(CHARSETS[model]) and len(body["text"]) <= len("12345")
+    assert len(body["confidences"]) == len(body["text"]) and all(0 <= c <= 1 for c in body["confidences"])
+    assert body["seconds"] > 0
+
+
+def test_seed_route_b_answers_time_and_value_like_recognize(server: Server) -> None:
+    with server.client() as client:
+        image = fresh_captcha(client, "digits5")
+        seed = client.post("/b", files={"image_file": ("c.png", image, "image/png")}, data={"model": "digits5"}).json()
+        ours = client.post("/recognize", files={"image_file": ("c.png", image)}, data={"model": "digits5"}).json()
+        default = client.post("/b", files={"image_file": ("c.png", fresh_captcha(client, "alnum4"))}).json()
+    assert isinstance(seed["time"], float) and seed["value"] == ours["text"] and seed["model"] == "digits5"
+    assert default["model"] == MODELS[0]  # no model field: the first of CAPTCHA_MODELS
+
+
+def test_unknown_model_is_404_listing_the_known_ones(server: Server) -> None:
+    with server.client() as client:
+        image = fresh_captcha(client, "alnum4")
+        for route in ("/recognize", "/b"):
+            response = client.post(route, files={"image_file": ("c.png", image)}, data={"model": "nope"})
+            assert response.status_code == 404 and response.json()["models"] == MODELS
+        assert client.get("/captcha/", params={"model": "nope"}).status_code == 404
+
+
+def png_header_only(width: int, height: int) -> bytes:
+    """A PNG that claims width x height but holds almost no data: a decompression bomb's header."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+
+
+def animated_gif() -> bytes:
+    frames = [Image.new("P", (100, 60), color) for color in (10, 200)]
+    return encode(frames[0], "GIF", save_all=True, append_images=frames[1:], duration=100, loop=0)
+
+
+def noise_png(side: int) -> bytes:
+    return encode(Image.frombytes("RGB", (side, side), os.urandom(side * side * 3)))  # incompressible
+
+
+REFUSED = {
+    "empty": (b"", 422),
+    "not an image": (b"GIF89a? certainly not", 422),
+    "truncated": (encode(Image.effect_noise((100, 60), 64).convert("RGB"))[:800], 422),
+    "decompression bomb 20000x20000": (png_header_only(20000, 20000), 422),
+    "over the size cap": (noise_png(300), 413),
+    "1x1": (encode(Image.new("L", (1, 1))), 422),
+}
+ACCEPTED = {
+    "animated gif": animated_gif(),
+    "rgba": encode(Image.new("RGBA", (100, 60), (0, 0, 0, 0))),
+    "palette": encode(Image.new("P", (100, 60), 3)),
+    "cmyk jpeg": encode(Image.new("CMYK", (140, 70), (0, 50, 90, 0)), "JPEG"),
+    "big but legal": encode(Image.new("L", (1000, 600), 255)),
+}
+
+
+@pytest.mark.parametrize("name", REFUSED)
+def test_bad_uploads_get_a_json_4xx_and_the_server_lives_on(server: Server, name: str) -> None:
+    data, status = REFUSED[name]
+    assert name != "over the size cap" or len(data) > MAX_BYTES
+    with server.client() as client:
+        response = client.post("/recognize", files={"image_file": ("x.png", data)})
+        assert response.status_code == status, response.text
+        assert response.json()["error"]
+        assert client.get("/livez").status_code == 200
+        assert client.post("/b", files={"image_file": ("c.png", fresh_captcha(client, "alnum4"))}).status_code == 200
+
+
+@pytest.mark.parametrize("name", ACCEPTED)
+def test_legal_images_of_any_mode_and_size_are_read(server: Server, name: str) -> None:
+    with server.client() as client:
+        response = client.post("/recognize", files={"image_file": ("x.img", ACCEPTED[name])})
+    assert response.status_code == 200, response.text
+    assert set(response.json()["text"]) <= set(CHARSETS["alnum4"])
+
+
+def test_missing_field_is_a_json_422(server: Server) -> None:
+    with server.client() as client:
+        response = client.post("/recognize", data={"model": "alnum4"})
+    assert response.status_code == 422 and "image_file" in response.json()["error"]
+
+
+def test_api_key_is_required_except_for_probes(server: Server) -> None:
+    image = Image.new("L", (100, 60), 255)
+    files = {"image_file": ("c.png", encode(image))}
+    with httpx.Client(base_url=server.url, timeout=60) as anonymous:
+        assert anonymous.post("/recognize", files=files).status_code == 401
+        assert anonymous.get("/captcha/").status_code == 401
+        assert anonymous.post("/b", files=files, headers={"X-API-Key": "wrong"}).status_code == 401
+        assert anonymous.post("/b", files=files, headers={"Authorization": f"Bearer {API_KEY}"}).status_code == 200
+        for probe in ("/livez", "/readyz", "/metrics"):
+            assert anonymous.get(probe).status_code == 200, probe
+
+
+def test_received_images_are_saved_under_generated_names_only(server: Server) -> None:
+    with server.client() as client:
+        for _ in range(3):
+            image = fresh_captcha(client, "alnum4")
+            response = client.post("/recognize", files={"image_file": ("../../escape.png", image)})
+            assert response.status_code == 200
+    saved = list(server.save_dir.iterdir())
+    assert saved, "images read are kept for retraining"
+    for path in saved:
+        assert re.fullmatch(r"[0-9a-z]+_[0-9a-f]{32}\.png", path.name), path.name
+        Image.open(path).verify()
+    assert not any(server.save_dir.parent.rglob("escape*"))
+
+
+def batch_size_histogram(metrics: str) -> tuple[float, float]:
+    """(batches read, batches of exactly one image) for the Reader's batchable `read` API."""
+
+    def value(pattern: str) -> float:
+        return sum(float(v) for v in re.findall(pattern, metrics))
+
+    count = value(r'bentoml_service_adaptive_batch_size_count\{[^}]*method_name="read"[^}]*\} (\S+)')
+    ones = value(r'bentoml_service_adaptive_batch_size_bucket\{le="1.0",[^}]*method_name="read"[^}]*\} (\S+)')
+    return count, ones
+
+
+def test_concurrent_requests_all_succeed_and_are_batched(server: Server) -> None:
+    with server.client() as client:
+        images = {model: fresh_captcha(client, model) for model in MODELS}
+        before = batch_size_histogram(client.get("/metrics").text)
+
+    async def burst() -> list[httpx.Response]:
+        headers = {"X-API-Key": API_KEY}
+        async with httpx.AsyncClient(base_url=server.url, headers=headers, timeout=120) as client:
+            requests = [
+                client.post("/recognize", files={"image_file": ("c.png", images[model])}, data={"model": model})
+                for model in MODELS * 32
+            ]
+            return await asyncio.gather(*requests)
+
+    responses = asyncio.run(burst())
+    assert [r.status_code for r in responses] == [200] * 64, {r.status_code: r.text for r in responses}
+    bodies = [r.json() for r in responses]
+    assert [b["model"] for b in bodies] == MODELS * 32
+    assert max(b["batch_size"] for b in bodies) > 1, "concurrent requests were read together"
+
+    with server.client() as client:
+        count, ones = batch_size_histogram(client.get("/metrics").text)
+    assert count - before[0] < 64, "fewer batches than requests"
+    assert (count - ones) - (before[0] - before[1]) > 0, "the batch size histogram shows batches above 1"
