@@ -23,7 +23,9 @@ def compact_model(
     Four blocks turn 60x100 into a 3x6 grid whose cells each see about a third of a character; the
     position heads read the whole flattened grid, so each finds "its" character wherever the captcha
     library placed it. Batch norm follows every conv but the first: at full resolution it would cost
-    half of the CPU training time for little gain.
+    half of the CPU training time for little gain. Batch-norm momentum is 0.9, not Keras' 0.99: with
+    0.99 the moving statistics lag the weights so far in a 10-epoch run that validation accuracy stays at
+    chance while training accuracy climbs.
     """
     inputs = keras.Input(shape=(height, width, 1), name="image", dtype="uint8")
     x = layers.Rescaling(1.0 / 255)(inputs)
@@ -31,7 +33,7 @@ def compact_model(
     x = layers.MaxPooling2D()(x)
     for channels in filters[1:]:
         x = layers.Conv2D(channels, 3, padding="same", use_bias=False)(x)
-        x = layers.BatchNormalization()(x)
+        x = layers.BatchNormalization(momentum=0.9)(x)
         x = layers.ReLU()(x)
         x = layers.MaxPooling2D()(x)
     x = layers.Flatten()(x)
