@@ -49,7 +49,10 @@ def packaged(
 ) -> Packaged:
     """alnum4 (the pipeline project) and a tiny digits5 project, both packaged into one shared store."""
     result = Packaged(pipeline_project, project_factory("digits5", {"data": DIGITS5}), tmp_path_factory.mktemp("bento"))
-    run([str(BIN / "python"), "-m", "stages.package"], result.alnum4, env=result.env(result.alnum4))
+    # --record elsewhere: the pipeline project's own models/bento_model.json stays what `dvc repro` wrote.
+    record = tmp_path_factory.mktemp("record") / "bento_model.json"
+    package = [str(BIN / "python"), "-m", "stages.package", "--record", str(record)]
+    run(package, result.alnum4, env=result.env(result.alnum4))
     run(["dvc", "repro"], result.digits5, env=result.env(result.digits5))  # its package stage fills the same store
     return result
 
