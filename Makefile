@@ -31,7 +31,7 @@ ui: setup  ## compare runs in the MLflow UI at http://127.0.0.1:5000
 	mlflow ui --backend-store-uri sqlite:///$(abspath mlflow.db)
 
 serve: setup  ## the packaged champion models behind one HTTP service at http://127.0.0.1:3000
-	bentoml serve service:CaptchaService
+	bentoml serve service:Captcha
 
 bench-accuracy: setup
 	python -m bench.accuracy
