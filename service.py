@@ -41,6 +41,7 @@ MAX_BATCH_SIZE = int(os.environ.get("CAPTCHA_MAX_BATCH_SIZE", SERVE.max_batch_si
 MAX_LATENCY_MS = int(os.environ.get("CAPTCHA_MAX_LATENCY_MS", SERVE.max_latency_ms))
 MAX_BYTES = int(os.environ.get("CAPTCHA_MAX_BYTES", 1024 * 1024))
 MAX_PIXELS = int(os.environ.get("CAPTCHA_MAX_PIXELS", 4_000_000))
+MAX_CONCURRENCY = int(os.environ.get("CAPTCHA_MAX_CONCURRENCY", 128))  # requests in progress; more get 503
 MIN_SIDE = 8  # smaller cannot hold a readable character: refuse instead of answering noise
 API_KEY = os.environ.get("CAPTCHA_API_KEY", "")
 SAVE_DIR = Path(os.environ["CAPTCHA_SAVE_DIR"]).resolve() if os.environ.get("CAPTCHA_SAVE_DIR") else None
@@ -116,37 +117,44 @@ async def validation_error(_: Request, error: RequestValidationError) -> JSONRes
 
 
 class Guard:
-    """ASGI middleware: API key and request size are checked before any body is read."""
+    """ASGI middleware: API key, request size and load are checked before any body is read.
+
+    At most MAX_CONCURRENCY requests are in progress; more get 503 with Retry-After at once, so an overload
+    never builds an unbounded queue (the one `Captcha` worker makes this counter exact).
+    """
 
     def __init__(self, app: Any) -> None:
         self.app = app
+        self.in_progress = 0
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        if scope["type"] == "http" and not scope["path"].startswith(OPEN_PATHS):
-            headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
-            refusal = self.refusal(headers)
-            if refusal is not None:
-                await refusal(scope, receive, send)
-                return
-        await self.app(scope, receive, send)
+        if scope["type"] != "http" or scope["path"].startswith(OPEN_PATHS):
+            await self.app(scope, receive, send)
+            return
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        refusal = self.refusal(headers)
+        if refusal is not None:
+            await refusal(scope, receive, send)
+            return
+        self.in_progress += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.in_progress -= 1
 
-    @staticmethod
-    def refusal(headers: dict[str, str]) -> JSONResponse | None:
+    def refusal(self, headers: dict[str, str]) -> JSONResponse | None:
         if API_KEY and API_KEY not in (headers.get("x-api-key"), headers.get("authorization", "")[7:]):
             return JSONResponse({"error": "missing or wrong API key (X-API-Key header)"}, status_code=401)
         # Room for the multipart envelope; the image itself is measured again after the upload.
         if int(headers.get("content-length") or 0) > MAX_BYTES + 64 * 1024:
             return JSONResponse({"error": f"request larger than {MAX_BYTES} bytes"}, status_code=413)
+        if self.in_progress >= MAX_CONCURRENCY:
+            message = f"overloaded: {MAX_CONCURRENCY} requests in progress, retry later"
+            return JSONResponse({"error": message}, status_code=503, headers={"Retry-After": "1"})
         return None
 
 
-@bentoml.service(
-    workers=1,
-    traffic={
-        "max_concurrency": int(os.environ.get("CAPTCHA_MAX_CONCURRENCY", 128)),  # beyond it: 503, not a queue
-        "timeout": int(os.environ.get("CAPTCHA_TIMEOUT_S", 30)),
-    },
-)
+@bentoml.service(workers=1, traffic={"timeout": int(os.environ.get("CAPTCHA_TIMEOUT_S", 30))})
 @bentoml.asgi_app(app, path="/")
 class Captcha:
     reader = bentoml.depends(Reader)
