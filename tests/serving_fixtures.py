@@ -3,18 +3,15 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import socket
-import subprocess
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+import psutil
 import pytest
 
+from bench.serving import serving
 from tests.conftest import BIN, project_env, run
 
 API_KEY = "test-key-123"
@@ -38,6 +35,7 @@ class Server:
     url: str
     save_dir: Path
     packaged: Packaged
+    process: psutil.Process  # `bentoml serve`; its workers are its children
 
     def client(self, **kwargs: object) -> httpx.Client:
         return httpx.Client(base_url=self.url, headers={"X-API-Key": API_KEY}, timeout=60, **kwargs)  # type: ignore[arg-type]
@@ -57,15 +55,9 @@ def packaged(
     return result
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="session")
 def server(packaged: Packaged, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    port, save_dir = free_port(), tmp_path_factory.mktemp("saved")
+    save_dir = tmp_path_factory.mktemp("saved")
     env = packaged.env(packaged.alnum4) | {
         "CAPTCHA_MODELS": ",".join(MODELS),
         "CAPTCHA_API_KEY": API_KEY,
@@ -73,39 +65,6 @@ def server(packaged: Packaged, tmp_path_factory: pytest.TempPathFactory) -> Iter
         "CAPTCHA_MAX_BYTES": str(MAX_BYTES),
         "CAPTCHA_MAX_LATENCY_MS": "5000",  # a busy 2-core CI machine: batch, don't shed load
     }
-    log = (tmp_path_factory.mktemp("serve") / "serve.log").open("w")
-    process = subprocess.Popen(
-        [str(BIN / "bentoml"), "serve", "service:Captcha", "--host", "127.0.0.1", "--port", str(port)],
-        cwd=packaged.alnum4,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,  # its own process group: the worker processes go down with it
-    )
-    result = Server(f"http://127.0.0.1:{port}", save_dir, packaged)
-    try:
-        wait_until_serving(result, process, Path(log.name))
-        yield result
-    finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-        log.close()
-
-
-def wait_until_serving(server: Server, process: subprocess.Popen, log: Path, timeout: float = 240) -> None:
-    """Poll until a real recognition succeeds: /readyz alone can answer before the Reader has its models."""
-    deadline = time.monotonic() + timeout
-    with server.client() as client:
-        while time.monotonic() < deadline:
-            assert process.poll() is None, f"bentoml serve exited:\n{log.read_text()[-5000:]}"
-            try:
-                image = client.get("/captcha/").content
-                if client.post("/recognize", files={"image_file": ("x.png", image)}).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.5)  # poll interval, not a synchronization guess
-    raise AssertionError(f"service not ready after {timeout}s:\n{log.read_text()[-5000:]}")
+    log = tmp_path_factory.mktemp("serve") / "serve.log"
+    with serving(env, log, cwd=packaged.alnum4) as (url, process):
+        yield Server(url, save_dir, packaged, process)

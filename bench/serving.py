@@ -1,0 +1,273 @@
+"""Serving benchmark: the seed's stress test, measured with an async httpx load generator, without Excel.
+
+Starts `bentoml serve` on loopback, drives POST /recognize at each concurrency for a fixed number of
+requests, then again with adaptive batching off (max batch size 1), and measures the raw model's batch
+throughput in-process: the ceiling the service is compared with. Memory (RSS of the whole server process
+tree) is read after the first 1k and after all requests of the long run.
+
+Writes bench/results/serving.csv (one row per request: total, recognition and request-overhead ms),
+bench/results/serving.json (summary) and bench/results/serving.png (box plot).
+
+    python -m bench.serving                                   # needs a packaged model: dvc repro (package stage)
+    python -m bench.serving --requests 500 --concurrency 1 8  # a quick look
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import csv
+import io
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import bentoml
+import httpx
+import numpy as np
+import psutil
+
+from captcha_mlops.paths import ROOT
+from captcha_mlops.synth import CaptchaFactory
+from captcha_mlops.tracking import registered_name
+
+RESULTS = ROOT / "bench" / "results"
+BENTOML = Path(sys.executable).with_name("bentoml")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextlib.contextmanager
+def serving(
+    env: dict[str, str], log_path: Path, cwd: Path = ROOT, timeout: float = 240
+) -> Iterator[tuple[str, psutil.Process]]:
+    """`bentoml serve service:Captcha` in `cwd` on a free loopback port until the block ends; yields (url, process).
+
+    `env` is added to this process's environment. The tests serve their tiny projects with it too.
+    """
+    port = free_port()
+    with log_path.open("w") as log:
+        process = subprocess.Popen(
+            [str(BENTOML), "serve", "service:Captcha", "--host", "127.0.0.1", "--port", str(port)],
+            cwd=cwd,
+            env={**os.environ, **env},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group: its workers stop with it
+        )
+        url = f"http://127.0.0.1:{port}"
+        try:
+            wait_ready(url, process, log_path, env.get("CAPTCHA_API_KEY", ""), timeout)
+            yield url, psutil.Process(process.pid)
+        finally:
+            os.killpg(process.pid, signal.SIGTERM)
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+
+
+def wait_ready(url: str, process: subprocess.Popen, log_path: Path, api_key: str, timeout: float) -> None:
+    """Poll until a real recognition succeeds (/readyz can answer before the models are loaded)."""
+    deadline = time.monotonic() + timeout
+    with httpx.Client(base_url=url, headers={"X-API-Key": api_key}, timeout=30) as client:
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                raise RuntimeError(f"bentoml serve exited:\n{log_path.read_text()[-3000:]}")
+            with contextlib.suppress(httpx.TransportError):
+                image = client.get("/captcha/").content
+                if client.post("/recognize", files={"image_file": ("c.png", image)}).status_code == 200:
+                    return
+            time.sleep(0.5)  # poll interval
+    raise RuntimeError(f"service not ready after {timeout}s:\n{log_path.read_text()[-3000:]}")
+
+
+def tree_rss_mb(process: psutil.Process) -> float:
+    """Resident memory of the server and all its workers."""
+    processes = [process, *process.children(recursive=True)]
+    return sum(p.memory_info().rss for p in processes if p.is_running()) / 2**20
+
+
+async def drive(url: str, images: list[bytes], concurrency: int, requests: int, api_key: str = "") -> list[dict]:
+    """`requests` POSTs from `concurrency` concurrent clients; one row per request."""
+    rows: list[dict] = []
+    counter = iter(range(requests))
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=60, headers={"X-API-Key": api_key}) as client:
+
+        async def worker() -> None:
+            for index in counter:
+                started = time.perf_counter()
+                try:
+                    files = {"image_file": ("c.png", images[index % len(images)], "image/png")}
+                    response = await client.post("/recognize", files=files)
+                    body = response.json() if response.status_code == 200 else {}
+                    status = response.status_code
+                except httpx.HTTPError as error:
+                    body, status = {}, type(error).__name__
+                total_ms = (time.perf_counter() - started) * 1000
+                recognition_ms = body.get("seconds", float("nan")) * 1000
+                rows.append(
+                    {
+                        "concurrency": concurrency,
+                        "status": status,
+                        "total_ms": round(total_ms, 3),
+                        "recognition_ms": round(recognition_ms, 3),
+                        "overhead_ms": round(total_ms - recognition_ms, 3),
+                        "batch_size": body.get("batch_size", 0),
+                    }
+                )
+
+        started = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        elapsed = time.perf_counter() - started
+    for row in rows:
+        row["run_seconds"] = round(elapsed, 3)
+    return rows
+
+
+def summarize(rows: list[dict]) -> dict[str, float]:
+    ok = [r for r in rows if r["status"] == 200]
+    totals = np.array([r["total_ms"] for r in ok]) if ok else np.array([np.nan])
+    return {
+        "requests": len(rows),
+        "errors": len(rows) - len(ok),
+        "throughput_per_s": round(len(ok) / rows[0]["run_seconds"], 1) if rows else 0.0,
+        "p50_ms": round(float(np.percentile(totals, 50)), 2),
+        "p99_ms": round(float(np.percentile(totals, 99)), 2),
+        "recognition_p50_ms": round(float(np.nanmedian([r["recognition_ms"] for r in ok] or [np.nan])), 2),
+        "mean_batch_size": round(float(np.mean([r["batch_size"] for r in ok] or [0])), 1),
+    }
+
+
+def raw_model_throughput(model_type: str, batch_size: int, seconds: float = 10.0) -> float:
+    """Images per second of the model alone, in-process, on full batches: the serving ceiling."""
+    from captcha_mlops.recognizer import Recognizer
+
+    recognizer = Recognizer.load(bentoml.models.get(f"{registered_name(model_type)}:latest").path)
+    meta = recognizer.meta
+    batch = np.random.default_rng(0).integers(0, 256, (batch_size, meta.height, meta.width, 1), dtype=np.uint8)
+    recognizer.read_arrays(batch)  # trace once
+    images, started = 0, time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        recognizer.read_arrays(batch)
+        images += batch_size
+    return images / (time.perf_counter() - started)
+
+
+def sample_images(model_type: str, count: int) -> list[bytes]:
+    meta = bentoml.models.get(f"{registered_name(model_type)}:latest").info.metadata
+    factory = CaptchaFactory(meta["charset"], meta["min_length"], meta["max_length"], meta["width"], meta["height"])
+    images = []
+    for index in range(count):
+        buffer = io.BytesIO()
+        factory.sample(seed=2024, index=index)[1].save(buffer, "PNG")
+        images.append(buffer.getvalue())
+    return images
+
+
+def box_plot(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups = sorted({(r["batching"], r["concurrency"]) for r in rows}, key=lambda g: (g[0] != "on", g[1]))
+    figure, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    for axis, field in zip(axes, ("total_ms", "overhead_ms"), strict=True):
+        data = [
+            [r[field] for r in rows if (r["batching"], r["concurrency"]) == g and r["status"] == 200] for g in groups
+        ]
+        axis.boxplot(data, showfliers=False)
+        axis.set_xticks(range(1, len(groups) + 1), [f"c={c}\nbatch {b}" for b, c in groups])
+        axis.set_ylabel("ms")
+        axis.set_title({"total_ms": "Request latency", "overhead_ms": "Request overhead (total - recognition)"}[field])
+        axis.grid(axis="y", alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(path, dpi=90)
+    plt.close(figure)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="alnum4", help="captcha type to load (must be packaged)")
+    parser.add_argument("--requests", type=int, default=2000, help="requests per concurrency level")
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32, 64])
+    parser.add_argument("--memory-requests", type=int, default=10000, help="long run for the RSS check")
+    parser.add_argument("--raw-seconds", type=float, default=10.0, help="how long to time the raw model")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    images = sample_images(args.model, 200)
+    env = {"CAPTCHA_MODELS": args.model, "CAPTCHA_MAX_CONCURRENCY": "1024"}
+    rows: list[dict] = []
+    summary: dict[str, object] = {
+        "command": "python -m bench.serving " + " ".join(sys.argv[1:]),
+        "machine": f"{os.cpu_count()} CPU cores, loopback",
+    }
+
+    with serving(env, args.out / "serve-batching-on.log") as (url, process):
+        for concurrency in args.concurrency:
+            asyncio.run(drive(url, images, concurrency, min(200, args.requests)))  # warm-up
+            level = asyncio.run(drive(url, images, concurrency, args.requests))
+            rows += [{**r, "batching": "on"} for r in level]
+            summary[f"batching_on_c{concurrency}"] = summarize(level)
+            print(f"bench: batching on, c={concurrency}: {summary[f'batching_on_c{concurrency}']}", flush=True)
+        memory_level = max(args.concurrency)
+        first_count = min(1000, args.memory_requests // 10)  # RSS after the first 1k (10% in a short run) ...
+        first = asyncio.run(drive(url, images, memory_level, first_count))
+        rss_first = tree_rss_mb(process)
+        rest = asyncio.run(drive(url, images, memory_level, args.memory_requests - first_count))
+        rss_all = tree_rss_mb(process)  # ... against RSS after all of them: flat means no growth per request
+        summary["memory"] = {
+            "concurrency": memory_level,
+            "requests": args.memory_requests,
+            "errors": summarize(first + rest)["errors"],
+            "rss_mb_after_requests": {
+                str(first_count): round(rss_first, 1),
+                str(args.memory_requests): round(rss_all, 1),
+            },
+            "growth_ratio": round(rss_all / rss_first, 3),
+        }
+        print(f"bench: memory: {summary['memory']}", flush=True)
+
+    off_level = 32 if 32 in args.concurrency else max(args.concurrency)
+    with serving(env | {"CAPTCHA_MAX_BATCH_SIZE": "1"}, args.out / "serve-batching-off.log") as (url, _):
+        asyncio.run(drive(url, images, off_level, min(200, args.requests)))
+        level = asyncio.run(drive(url, images, off_level, args.requests))
+        rows += [{**r, "batching": "off"} for r in level]
+        summary[f"batching_off_c{off_level}"] = summarize(level)
+        print(f"bench: batching off, c={off_level}: {summary[f'batching_off_c{off_level}']}", flush=True)
+
+    raw = raw_model_throughput(args.model, batch_size=64, seconds=args.raw_seconds)
+    on = summary[f"batching_on_c{off_level}"]["throughput_per_s"]  # type: ignore[index]
+    off = summary[f"batching_off_c{off_level}"]["throughput_per_s"]  # type: ignore[index]
+    summary["raw_model_batch64_per_s"] = round(raw, 1)
+    summary["ratios"] = {
+        f"service_c{off_level}_over_raw_model": round(on / raw, 3),
+        "batching_on_over_off": round(on / max(off, 1e-9), 2),
+    }
+    print(f"bench: raw model {raw:.0f} images/s; ratios {summary['ratios']}", flush=True)
+
+    with (args.out / "serving.csv").open("w", newline="") as file:
+        writer = csv.DictWriter(file, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    (args.out / "serving.json").write_text(json.dumps(summary, indent=2) + "\n")
+    box_plot(rows, args.out / "serving.png")
+    print(f"bench: wrote serving.csv, serving.json, serving.png to {args.out}")
+
+
+if __name__ == "__main__":
+    main()

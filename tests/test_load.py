@@ -1,0 +1,79 @@
+"""Load: bench/serving.py's async client against a real `bentoml serve`; overload is refused with 503.
+
+The CI version is short; `pytest -m slow` runs the full bounded load (64 clients, 10k requests, flat memory).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import httpx
+import pytest
+
+from bench.serving import drive, serving, summarize, tree_rss_mb
+from tests.conftest import BIN, run
+from tests.serving_fixtures import API_KEY, Packaged, Server
+
+
+def captchas(server: Server, count: int) -> list[bytes]:
+    with server.client() as client:
+        return [client.get("/captcha/").content for _ in range(count)]
+
+
+def test_64_clients_get_answers_and_the_rows_the_benchmark_needs(server: Server) -> None:
+    rows = asyncio.run(drive(server.url, captchas(server, 8), concurrency=64, requests=256, api_key=API_KEY))
+    assert len(rows) == 256 and {r["status"] for r in rows} == {200}
+    for row in rows:
+        assert row["total_ms"] >= row["recognition_ms"] > 0
+        assert row["overhead_ms"] == pytest.approx(row["total_ms"] - row["recognition_ms"], abs=0.01)
+    summary = summarize(rows)
+    assert summary["errors"] == 0 and summary["throughput_per_s"] > 0
+    assert summary["mean_batch_size"] > 1  # 64 clients at once are read in batches
+    assert summary["p50_ms"] <= summary["p99_ms"]
+
+
+@pytest.mark.slow
+def test_bounded_load_has_no_errors_and_flat_memory(server: Server) -> None:
+    images = captchas(server, 50)
+    first = asyncio.run(drive(server.url, images, concurrency=64, requests=1000, api_key=API_KEY))
+    rss_after_1k = tree_rss_mb(server.process)
+    rest = asyncio.run(drive(server.url, images, concurrency=64, requests=9000, api_key=API_KEY))
+    rss_after_10k = tree_rss_mb(server.process)
+    assert summarize(first + rest)["errors"] == 0
+    assert rss_after_10k <= 1.1 * rss_after_1k, (rss_after_1k, rss_after_10k)
+
+
+def test_overload_is_refused_with_503_and_the_server_keeps_serving(server: Server, tmp_path: Path) -> None:
+    """A server admitting 2 requests at a time, sent 40 at once: the rest get 503 at once, none waits or fails."""
+    images = captchas(server, 4)
+    packaged: Packaged = server.packaged
+    env = packaged.env(packaged.alnum4) | {"CAPTCHA_MAX_CONCURRENCY": "2", "CAPTCHA_MAX_LATENCY_MS": "5000"}
+    with serving(env, tmp_path / "serve.log", cwd=packaged.alnum4) as (url, _):
+
+        async def flood() -> list[httpx.Response]:
+            async with httpx.AsyncClient(base_url=url, timeout=120) as client:
+                files = [{"image_file": ("c.png", images[i % 4])} for i in range(40)]
+                return await asyncio.gather(*(client.post("/recognize", files=f) for f in files))
+
+        statuses = [r.status_code for r in asyncio.run(flood())]
+        assert set(statuses) == {200, 503}, statuses
+        with httpx.Client(base_url=url, timeout=60) as client:
+            assert client.post("/recognize", files={"image_file": ("c.png", images[0])}).status_code == 200
+
+
+def test_serving_benchmark_writes_csv_json_and_plot(server: Server, tmp_path: Path) -> None:
+    """The whole `python -m bench.serving` on a tiny budget: outputs exist and hold what the README quotes."""
+    packaged: Packaged = server.packaged
+    options = ["--requests", "40", "--concurrency", "1", "4", "--memory-requests", "100", "--raw-seconds", "1"]
+    command = [str(BIN / "python"), "-m", "bench.serving", *options, "--out", str(tmp_path)]
+    run(command, packaged.alnum4, env=packaged.env(packaged.alnum4))
+    summary = json.loads((tmp_path / "serving.json").read_text())
+    for key in ("batching_on_c1", "batching_on_c4", "batching_off_c4"):
+        assert summary[key]["requests"] == 40 and summary[key]["errors"] == 0, key
+    assert summary["raw_model_batch64_per_s"] > 0 and summary["memory"]["requests"] == 100
+    assert set(summary["ratios"]) == {"service_c4_over_raw_model", "batching_on_over_off"}
+    header, *lines = (tmp_path / "serving.csv").read_text().splitlines()
+    assert header.split(",")[:4] == ["concurrency", "status", "total_ms", "recognition_ms"] and len(lines) == 120
+    assert (tmp_path / "serving.png").read_bytes()[:4] == b"\x89PNG"
