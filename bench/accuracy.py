@@ -16,6 +16,7 @@ import os
 import platform
 import subprocess
 import time
+from pathlib import Path
 
 import mlflow
 
@@ -24,6 +25,7 @@ from captcha_mlops.paths import ROOT, tracking_uri
 from captcha_mlops.tracking import registered_name
 
 RESULTS = ROOT / "bench" / "results" / "accuracy.json"
+CURVES = RESULTS.with_name("accuracy_curves.png")
 
 
 def run_experiment(name: str, overrides: dict[str, object]) -> float:
@@ -58,6 +60,29 @@ def latest_run(arch: str, since: float) -> dict[str, float | str]:
     }
 
 
+def plot_curves(run_ids: dict[str, str], path: Path) -> None:
+    """Validation image and character accuracy per epoch of each architecture, from MLflow."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    client = mlflow.MlflowClient()
+    figure, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for axis, metric in zip(axes, ("val_image_accuracy", "val_char_accuracy"), strict=True):
+        for arch, run_id in run_ids.items():
+            history = sorted(client.get_metric_history(run_id, metric), key=lambda m: m.step)
+            axis.plot([m.step for m in history], [m.value for m in history], marker="o", label=arch)
+        axis.set_xlabel("epoch")
+        axis.set_title(metric.replace("_", " "))
+        axis.set_ylim(0, 1)
+        axis.grid(alpha=0.3)
+        axis.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=90)
+    plt.close(figure)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--count", type=int, default=60000, help="captchas generated (5%% become the test set)")
@@ -83,7 +108,8 @@ def main() -> None:
     results["image_accuracy_ratio"] = round(ours["test_image_accuracy"] / max(seed["test_image_accuracy"], 1e-9), 2)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(results, indent=2) + "\n")
-    print(f"bench: wrote {RESULTS.relative_to(ROOT)}")
+    plot_curves({arch: results[arch]["mlflow_run_id"] for arch in ("compact", "seed")}, CURVES)
+    print(f"bench: wrote {RESULTS.relative_to(ROOT)} and {CURVES.relative_to(ROOT)}")
 
 
 if __name__ == "__main__":
