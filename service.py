@@ -77,7 +77,8 @@ class Reader:
 
         self.recognizers = {name: Recognizer.load(getattr(self, f"model_{name}").path) for name in MODEL_TYPES}
 
-    @bentoml.api(batchable=True, max_batch_size=MAX_BATCH_SIZE, max_latency_ms=MAX_LATENCY_MS)
+    # CAPTCHA_MAX_BATCH_SIZE=1 turns adaptive batching off (BentoML wants max_batch_size > 1 when it is on).
+    @bentoml.api(batchable=MAX_BATCH_SIZE > 1, max_batch_size=max(2, MAX_BATCH_SIZE), max_latency_ms=MAX_LATENCY_MS)
     def read(self, items: list[Item]) -> list[Reading]:
         groups: dict[str, list[int]] = defaultdict(list)
         for index, item in enumerate(items):

@@ -100,7 +100,7 @@ class EvaluateParams:
 @dataclasses.dataclass(frozen=True)
 class ServeParams:
     max_batch_size: int = 64
-    max_latency_ms: int = 100
+    max_latency_ms: int = 1000
 
 
 @dataclasses.dataclass(frozen=True)
