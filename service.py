@@ -22,6 +22,7 @@ from typing import Annotated, Any
 
 import bentoml
 import numpy as np
+from _bentoml_impl.client.proxy2 import SessionManager
 from fastapi import FastAPI, File, Form, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
@@ -46,6 +47,11 @@ MIN_SIDE = 8  # smaller cannot hold a readable character: refuse instead of answ
 API_KEY = os.environ.get("CAPTCHA_API_KEY", "")
 SAVE_DIR = Path(os.environ["CAPTCHA_SAVE_DIR"]).resolve() if os.environ.get("CAPTCHA_SAVE_DIR") else None
 OPEN_PATHS = ("/livez", "/readyz", "/metrics")  # probes and scraping never need the API key
+
+# BentoML >= 1.4.30 replaces a dependency's HTTP session every 100 requests and closes the old one with requests
+# still in flight on it: under concurrent load those fail as 500s (bentoml/BentoML#5540, #5544). The Reader
+# is a local socket in the same deployment, so one session for the life of the process is what we want.
+SessionManager._should_refresh = lambda self: False  # type: ignore[method-assign]
 
 if not all(name.isidentifier() for name in MODEL_TYPES):
     raise ValueError(f"CAPTCHA_MODELS must list captcha types such as alnum4,digits5; got {MODEL_TYPES}")
