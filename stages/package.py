@@ -82,7 +82,10 @@ def latest_bento_model(tag_name: str) -> bentoml.Model | None:
 
 
 def package(captcha_type: str) -> dict[str, Any]:
-    """Register the champion of `captcha_type` and make it BentoML's latest `captcha-<type>`; return the record."""
+    """Register the champion of `captcha_type` and make it BentoML's latest `captcha-<type>`; return the record.
+
+    The record depends only on what is packaged, so packaging the same champion again rewrites it byte for byte
+    (DVC then sees nothing new downstream)."""
     mlflow.set_tracking_uri(tracking_uri())
     client = mlflow.MlflowClient()
     name = registered_name(captcha_type)
@@ -105,7 +108,8 @@ def package(captcha_type: str) -> dict[str, Any]:
     latest = latest_bento_model(name)
     if latest is not None and latest.info.labels == labels:
         # Same champion as last time: a new BentoML version would only change what `:latest` means.
-        return {**record, "bento_tag": str(latest.tag), "bento_created": False}
+        print(f"package: {latest.tag} already holds run {run.info.run_id}")
+        return {**record, "bento_tag": str(latest.tag)}
 
     with tempfile.TemporaryDirectory() as workdir:
         keras_file, meta = download(client, name, run, Path(workdir))
@@ -113,7 +117,8 @@ def package(captcha_type: str) -> dict[str, Any]:
         with bentoml.models.create(name, labels=labels, metadata=metadata) as bento_model:
             shutil.copyfile(keras_file, bento_model.path_of(MODEL_FILE))
             meta.write(bento_model.path)
-    return {**record, "bento_tag": str(bento_model.tag), "bento_created": True}
+    print(f"package: imported run {run.info.run_id} into the BentoML store as {bento_model.tag}")
+    return {**record, "bento_tag": str(bento_model.tag)}
 
 
 def main() -> None:
