@@ -17,6 +17,15 @@ from tests.conftest import BIN, run
 from tests.serving_fixtures import API_KEY, Packaged, Server
 
 
+def own_home(packaged: Packaged, tmp_path: Path) -> dict[str, str]:
+    """Env for a second `bentoml serve`: a BENTOML_HOME of its own over the same models. Each server wipes
+    $BENTOML_HOME/prometheus_multiproc_dir when it starts, which would blank the session server's /metrics."""
+    home = tmp_path / "bentoml"
+    home.mkdir()
+    (home / "models").symlink_to(packaged.bento_home / "models")
+    return packaged.env(packaged.alnum4) | {"BENTOML_HOME": str(home)}
+
+
 def captchas(server: Server, count: int) -> list[bytes]:
     with server.client() as client:
         return [client.get("/captcha/").content for _ in range(count)]
@@ -49,7 +58,7 @@ def test_overload_is_refused_with_503_and_the_server_keeps_serving(server: Serve
     """A server admitting 2 requests at a time, sent 40 at once: the rest get 503 at once, none waits or fails."""
     images = captchas(server, 4)
     packaged: Packaged = server.packaged
-    env = packaged.env(packaged.alnum4) | {"CAPTCHA_MAX_CONCURRENCY": "2", "CAPTCHA_MAX_LATENCY_MS": "5000"}
+    env = own_home(packaged, tmp_path) | {"CAPTCHA_MAX_CONCURRENCY": "2", "CAPTCHA_MAX_LATENCY_MS": "5000"}
     with serving(env, tmp_path / "serve.log", cwd=packaged.alnum4) as (url, _):
 
         async def flood() -> list[httpx.Response]:
@@ -67,13 +76,14 @@ def test_serving_benchmark_writes_csv_json_and_plot(server: Server, tmp_path: Pa
     """The whole `python -m bench.serving` on a tiny budget: outputs exist and hold what the README quotes."""
     packaged: Packaged = server.packaged
     options = ["--requests", "40", "--concurrency", "1", "4", "--memory-requests", "100", "--raw-seconds", "1"]
-    command = [str(BIN / "python"), "-m", "bench.serving", *options, "--out", str(tmp_path)]
-    run(command, packaged.alnum4, env=packaged.env(packaged.alnum4))
-    summary = json.loads((tmp_path / "serving.json").read_text())
+    out = tmp_path / "results"
+    command = [str(BIN / "python"), "-m", "bench.serving", *options, "--out", str(out)]
+    run(command, packaged.alnum4, env=own_home(packaged, tmp_path))
+    summary = json.loads((out / "serving.json").read_text())
     for key in ("batching_on_c1", "batching_on_c4", "batching_off_c4"):
         assert summary[key]["requests"] == 40 and summary[key]["errors"] == 0, key
     assert summary["raw_model_batch64_per_s"] > 0 and summary["memory"]["requests"] == 100
     assert set(summary["ratios"]) == {"service_c4_over_raw_model", "batching_on_over_off"}
-    header, *lines = (tmp_path / "serving.csv").read_text().splitlines()
+    header, *lines = (out / "serving.csv").read_text().splitlines()
     assert header.split(",")[:4] == ["concurrency", "status", "total_ms", "recognition_ms"] and len(lines) == 120
-    assert (tmp_path / "serving.png").read_bytes()[:4] == b"\x89PNG"
+    assert (out / "serving.png").read_bytes()[:4] == b"\x89PNG"
