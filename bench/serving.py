@@ -26,8 +26,10 @@ import socket
 import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import bentoml
 import httpx
@@ -152,12 +154,13 @@ async def drive(url: str, images: list[bytes], concurrency: int, requests: int, 
     return rows
 
 
-def summarize(rows: list[dict]) -> dict[str, float]:
+def summarize(rows: list[dict]) -> dict[str, Any]:
     ok = [r for r in rows if r["status"] == 200]
     totals = np.array([r["total_ms"] for r in ok]) if ok else np.array([np.nan])
     return {
         "requests": len(rows),
         "errors": len(rows) - len(ok),
+        "error_kinds": dict(Counter(str(r["status"]) for r in rows if r["status"] != 200)),
         "throughput_per_s": round(len(ok) / rows[0]["run_seconds"], 1) if rows else 0.0,
         "p50_ms": round(float(np.percentile(totals, 50)), 2),
         "p99_ms": round(float(np.percentile(totals, 99)), 2),
