@@ -1,0 +1,23 @@
+"""Cheap checks of the by-hand benchmarks' pieces (bench.serving runs for real in tests/test_load.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from PIL import Image
+
+from bench.own_data import CHARSET, HEIGHT, LENGTH, WIDTH, make_images
+from captcha_mlops.labels import label_from_name
+
+
+def test_own_data_images_are_valid_user_images_and_reproducible(tmp_path: Path) -> None:
+    make_images(tmp_path / "a", 6)
+    make_images(tmp_path / "b", 6)
+    files = sorted((tmp_path / "a").iterdir())
+    assert len(files) == 6
+    for file in files:
+        label = label_from_name(file.name)
+        assert len(label) == LENGTH and set(label) <= set(CHARSET), file.name
+        with Image.open(file) as image:
+            assert image.format == "JPEG" and image.size == (WIDTH, HEIGHT)
+        assert file.read_bytes() == (tmp_path / "b" / file.name).read_bytes()  # same seed, same set
