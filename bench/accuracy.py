@@ -60,6 +60,13 @@ def latest_run(arch: str, since: float) -> dict[str, float | str]:
     }
 
 
+def accuracy_ratio(ours: dict, seed: dict) -> float | None:
+    """Our test image accuracy over the seed's; None when the seed read no test captcha entirely right."""
+    if seed["test_image_accuracy"] == 0:
+        return None
+    return round(ours["test_image_accuracy"] / seed["test_image_accuracy"], 2)
+
+
 def plot_curves(run_ids: dict[str, str], path: Path) -> None:
     """Validation image and character accuracy per epoch of each architecture, from MLflow."""
     import matplotlib
@@ -104,8 +111,7 @@ def main() -> None:
         results[arch] = {**latest_run(arch, started), "pipeline_minutes": round(seconds / 60, 1)}
         print(f"bench: {arch}: {results[arch]}", flush=True)
 
-    ours, seed = results["compact"], results["seed"]
-    results["image_accuracy_ratio"] = round(ours["test_image_accuracy"] / max(seed["test_image_accuracy"], 1e-9), 2)
+    results["image_accuracy_ratio"] = accuracy_ratio(results["compact"], results["seed"])
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(results, indent=2) + "\n")
     plot_curves({arch: results[arch]["mlflow_run_id"] for arch in ("compact", "seed")}, CURVES)
