@@ -248,10 +248,12 @@ def main() -> None:
         rss_first = tree_rss_mb(process)
         rest = asyncio.run(drive(url, images, memory_level, args.memory_requests - first_count))
         rss_all = tree_rss_mb(process)  # ... against RSS after all of them: flat means no growth per request
+        long_run = summarize(first + rest)
         summary["memory"] = {
             "concurrency": memory_level,
             "requests": args.memory_requests,
-            "errors": summarize(first + rest)["errors"],
+            "errors": long_run["errors"],
+            "error_kinds": long_run["error_kinds"],
             "rss_mb_after_requests": {
                 str(first_count): round(rss_first, 1),
                 str(args.memory_requests): round(rss_all, 1),

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from PIL import Image
 
+from bench.accuracy import accuracy_ratio
 from bench.own_data import CHARSET, HEIGHT, LENGTH, WIDTH, make_images
 from captcha_mlops.labels import label_from_name
 
@@ -21,3 +22,8 @@ def test_own_data_images_are_valid_user_images_and_reproducible(tmp_path: Path) 
         with Image.open(file) as image:
             assert image.format == "JPEG" and image.size == (WIDTH, HEIGHT)
         assert file.read_bytes() == (tmp_path / "b" / file.name).read_bytes()  # same seed, same set
+
+
+def test_accuracy_ratio_is_undefined_when_the_seed_reads_nothing() -> None:
+    assert accuracy_ratio({"test_image_accuracy": 0.9}, {"test_image_accuracy": 0.3}) == 3.0
+    assert accuracy_ratio({"test_image_accuracy": 0.9}, {"test_image_accuracy": 0.0}) is None
