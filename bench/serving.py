@@ -1,9 +1,9 @@
 """Serving benchmark: the seed's stress test, measured with an async httpx load generator, without Excel.
 
 Starts `bentoml serve` on loopback, drives POST /recognize at each concurrency for a fixed number of
-requests, then again with adaptive batching off (max batch size 1), and measures the raw model's batch
-throughput in-process: the ceiling the service is compared with. Memory (RSS of the whole server process
-tree) is read after the first 1k and after all requests of the long run.
+requests, then again with adaptive batching off (max batch size 1), and measures the raw model in-process:
+its batch throughput is the ceiling the service is compared with, its time for one image the latency floor.
+Memory (RSS of the whole server process tree) is read after the first 1k and after all requests of the long run.
 
 Writes bench/results/serving.csv (one row per request: total, recognition and request-overhead ms),
 bench/results/serving.json (summary) and bench/results/serving.png (box plot).
@@ -169,8 +169,9 @@ def summarize(rows: list[dict]) -> dict[str, Any]:
     }
 
 
-def raw_model_throughput(model_type: str, batch_size: int, seconds: float = 10.0) -> float:
-    """Images per second of the model alone, in-process, on full batches: the serving ceiling."""
+def raw_model(model_type: str, batch_size: int, seconds: float = 10.0) -> tuple[float, float]:
+    """The model alone, in-process: images per second on full batches (the serving ceiling) and the p50 ms
+    of reading one image (the floor of a single request's latency)."""
     from captcha_mlops.recognizer import Recognizer
 
     recognizer = Recognizer.load(bentoml.models.get(f"{registered_name(model_type)}:latest").path)
@@ -181,7 +182,13 @@ def raw_model_throughput(model_type: str, batch_size: int, seconds: float = 10.0
     while time.perf_counter() - started < seconds:
         recognizer.read_arrays(batch)
         images += batch_size
-    return images / (time.perf_counter() - started)
+    throughput = images / (time.perf_counter() - started)
+    single = []
+    for _ in range(300):
+        started = time.perf_counter()
+        recognizer.read_arrays(batch[:1])
+        single.append((time.perf_counter() - started) * 1000)
+    return throughput, float(np.median(single))
 
 
 def sample_images(model_type: str, count: int) -> list[bytes]:
@@ -270,15 +277,16 @@ def main() -> None:
         summary[f"batching_off_c{off_level}"] = summarize(level)
         print(f"bench: batching off, c={off_level}: {summary[f'batching_off_c{off_level}']}", flush=True)
 
-    raw = raw_model_throughput(args.model, batch_size=64, seconds=args.raw_seconds)
+    raw, single_ms = raw_model(args.model, batch_size=64, seconds=args.raw_seconds)
     on = summary[f"batching_on_c{off_level}"]["throughput_per_s"]  # type: ignore[index]
     off = summary[f"batching_off_c{off_level}"]["throughput_per_s"]  # type: ignore[index]
     summary["raw_model_batch64_per_s"] = round(raw, 1)
+    summary["raw_model_single_image_p50_ms"] = round(single_ms, 2)
     summary["ratios"] = {
         f"service_c{off_level}_over_raw_model": round(on / raw, 3),
         "batching_on_over_off": round(on / max(off, 1e-9), 2),
     }
-    print(f"bench: raw model {raw:.0f} images/s; ratios {summary['ratios']}", flush=True)
+    print(f"bench: raw model {raw:.0f} images/s, one in {single_ms:.2f} ms; ratios {summary['ratios']}", flush=True)
 
     with (args.out / "serving.csv").open("w", newline="") as file:
         writer = csv.DictWriter(file, fieldnames=list(rows[0]))
