@@ -6,7 +6,8 @@ by concurrent requests are read together, each model on its own part of the batc
 
 Environment: CAPTCHA_MODELS (captcha types served, comma-separated; the first is the default),
 CAPTCHA_API_KEY, CAPTCHA_MAX_BYTES, CAPTCHA_MAX_PIXELS, CAPTCHA_SAVE_DIR, CAPTCHA_MAX_BATCH_SIZE,
-CAPTCHA_MAX_LATENCY_MS, CAPTCHA_MAX_CONCURRENCY, CAPTCHA_TIMEOUT_S. See README.md, section Serving.
+CAPTCHA_MAX_LATENCY_MS, CAPTCHA_MAX_CONCURRENCY, CAPTCHA_TIMEOUT_S, CAPTCHA_KEEP_ALIVE_S. See README.md,
+section Serving.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from typing import Annotated, Any
 
 import bentoml
 import numpy as np
+import uvicorn
 from _bentoml_impl.client.proxy2 import SessionManager
 from fastapi import FastAPI, File, Form, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
@@ -47,11 +49,26 @@ MIN_SIDE = 8  # smaller cannot hold a readable character: refuse instead of answ
 API_KEY = os.environ.get("CAPTCHA_API_KEY", "")
 SAVE_DIR = Path(os.environ["CAPTCHA_SAVE_DIR"]).resolve() if os.environ.get("CAPTCHA_SAVE_DIR") else None
 OPEN_PATHS = ("/livez", "/readyz", "/metrics")  # probes and scraping never need the API key
+KEEP_ALIVE_S = int(os.environ.get("CAPTCHA_KEEP_ALIVE_S", 75))  # idle keep-alive connections are kept this long
 
 # BentoML >= 1.4.30 replaces a dependency's HTTP session every 100 requests and closes the old one with requests
 # still in flight on it: under concurrent load those fail as 500s (bentoml/BentoML#5540, #5544). The Reader
 # is a local socket in the same deployment, so one session for the life of the process is what we want.
 SessionManager._should_refresh = lambda self: False  # type: ignore[method-assign]
+
+# Uvicorn closes a keep-alive connection after 5 idle seconds (what `bentoml serve` passes unless given the
+# hidden --timeout-keep-alive), the very age at which httpx (5 s) and aiohttp (15 s) still reuse one: a request
+# sent as the server closes it dies with a reset (httpx ReadError, 2-4 in 10k requests at 64 clients). Both
+# services' workers build their uvicorn.Config after importing this module.
+_uvicorn_config_init = uvicorn.Config.__init__
+
+
+def _config_init_with_long_keep_alive(self: uvicorn.Config, *args: Any, **kwargs: Any) -> None:
+    _uvicorn_config_init(self, *args, **kwargs)
+    self.timeout_keep_alive = max(self.timeout_keep_alive, KEEP_ALIVE_S)
+
+
+uvicorn.Config.__init__ = _config_init_with_long_keep_alive  # type: ignore[method-assign]
 
 if not all(name.isidentifier() for name in MODEL_TYPES):
     raise ValueError(f"CAPTCHA_MODELS must list captcha types such as alnum4,digits5; got {MODEL_TYPES}")

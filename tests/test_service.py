@@ -6,8 +6,11 @@ import asyncio
 import io
 import os
 import re
+import socket
 import struct
+import time
 import zlib
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -193,3 +196,26 @@ def test_concurrent_requests_all_succeed_and_are_batched(server: Server) -> None
         count, ones = batch_size_histogram(client.get("/metrics").text)
     assert count - before[0] < 64, "fewer batches than requests"
     assert (count - ones) - (before[0] - before[1]) > 0, "the batch size histogram shows batches above 1"
+
+
+def test_an_idle_keep_alive_connection_outlives_uvicorns_5_s_default(server: Server) -> None:
+    """Clients reuse connections idle up to 5 s (httpx) or 15 s (aiohttp): the server must not close them first,
+    or a request sent at that moment dies with a reset."""
+    address = urlsplit(server.url)
+    request = f"GET /livez HTTP/1.1\r\nHost: {address.hostname}\r\n\r\n".encode()
+    with socket.create_connection((address.hostname, address.port), timeout=30) as connection:
+        for pause in (6.0, 0.0):  # the second request goes out on the connection left idle for 6 s
+            connection.sendall(request)
+            response = b""
+            while not response_complete(response):
+                chunk = connection.recv(4096)
+                assert chunk, "the server closed the idle keep-alive connection"
+                response += chunk
+            assert response.startswith(b"HTTP/1.1 200"), response
+            time.sleep(pause)
+
+
+def response_complete(response: bytes) -> bool:
+    head, separator, body = response.partition(b"\r\n\r\n")
+    length = re.search(rb"(?i)content-length: *(\d+)", head)
+    return bool(separator) and length is not None and len(body) >= int(length.group(1))
