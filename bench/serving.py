@@ -27,7 +27,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -100,6 +100,20 @@ def tree_rss_mb(process: psutil.Process) -> float:
     """Resident memory of the server and all its workers."""
     processes = [process, *process.children(recursive=True)]
     return sum(p.memory_info().rss for p in processes if p.is_running()) / 2**20
+
+
+def cpu_meter(server: psutil.Process) -> Callable[[], dict[str, float]]:
+    """Starts counting CPU time; the function returned gives the cores used since by this process (the load
+    generator, on the same machine) and by the server's process tree."""
+    client, server_tree = psutil.Process(), [server, *server.children(recursive=True)]
+    for process in [client, *server_tree]:
+        process.cpu_percent()  # the first call starts the interval
+
+    def cores() -> dict[str, float]:
+        server_percent = sum(p.cpu_percent() for p in server_tree if p.is_running())
+        return {"load_generator": round(client.cpu_percent() / 100, 2), "server": round(server_percent / 100, 2)}
+
+    return cores
 
 
 def multipart_bodies(images: list[bytes]) -> tuple[str, list[bytes]]:
@@ -245,9 +259,10 @@ def main() -> None:
     with serving(env, args.out / "serve-batching-on.log") as (url, process):
         for concurrency in args.concurrency:
             asyncio.run(drive(url, images, concurrency, min(200, args.requests)))  # warm-up
+            cores = cpu_meter(process)
             level = asyncio.run(drive(url, images, concurrency, args.requests))
             rows += [{**r, "batching": "on"} for r in level]
-            summary[f"batching_on_c{concurrency}"] = summarize(level)
+            summary[f"batching_on_c{concurrency}"] = {**summarize(level), "cpu_cores": cores()}
             print(f"bench: batching on, c={concurrency}: {summary[f'batching_on_c{concurrency}']}", flush=True)
         memory_level = max(args.concurrency)
         first_count = min(1000, args.memory_requests // 10)  # RSS after the first 1k (10% in a short run) ...
@@ -270,11 +285,12 @@ def main() -> None:
         print(f"bench: memory: {summary['memory']}", flush=True)
 
     off_level = 32 if 32 in args.concurrency else max(args.concurrency)
-    with serving(env | {"CAPTCHA_MAX_BATCH_SIZE": "1"}, args.out / "serve-batching-off.log") as (url, _):
+    with serving(env | {"CAPTCHA_MAX_BATCH_SIZE": "1"}, args.out / "serve-batching-off.log") as (url, process):
         asyncio.run(drive(url, images, off_level, min(200, args.requests)))
+        cores = cpu_meter(process)
         level = asyncio.run(drive(url, images, off_level, args.requests))
         rows += [{**r, "batching": "off"} for r in level]
-        summary[f"batching_off_c{off_level}"] = summarize(level)
+        summary[f"batching_off_c{off_level}"] = {**summarize(level), "cpu_cores": cores()}
         print(f"bench: batching off, c={off_level}: {summary[f'batching_off_c{off_level}']}", flush=True)
 
     raw, single_ms = raw_model(args.model, batch_size=64, seconds=args.raw_seconds)

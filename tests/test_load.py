@@ -82,6 +82,7 @@ def test_serving_benchmark_writes_csv_json_and_plot(server: Server, tmp_path: Pa
     summary = json.loads((out / "serving.json").read_text())
     for key in ("batching_on_c1", "batching_on_c4", "batching_off_c4"):
         assert summary[key]["requests"] == 40 and summary[key]["errors"] == 0, key
+        assert summary[key]["cpu_cores"]["server"] > 0 and summary[key]["cpu_cores"]["load_generator"] > 0, key
     assert summary["raw_model_batch64_per_s"] > 0 and summary["raw_model_single_image_p50_ms"] > 0
     assert summary["memory"]["requests"] == 100 and summary["memory"]["error_kinds"] == {}
     assert set(summary["ratios"]) == {"service_c4_over_raw_model", "batching_on_over_off"}
