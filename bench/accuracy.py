@@ -27,7 +27,6 @@ from captcha_mlops.paths import ROOT, tracking_uri
 from captcha_mlops.tracking import registered_name
 
 RESULTS = ROOT / "bench" / "results" / "accuracy.json"
-CURVES = RESULTS.with_name("accuracy_curves.png")
 
 
 def run_experiment(name: str, overrides: dict[str, object]) -> float:
