@@ -260,10 +260,12 @@ Captcha.add_asgi_middleware(Guard)
 
 
 def save_for_training(image: Image.Image, text: str) -> None:
-    """Keep a received image as `<predicted label>_<uuid>.png`: the name is ours, never the client's."""
+    """Keep a received image as `<predicted label>_<uuid>.png`: the name is ours, never the client's.
+
+    An image nothing was read from is kept as `_<uuid>.png`: verify_split reports it as unlabelled until
+    someone names it, and such images are the most useful ones to label.
+    """
     label = "".join(char for char in text if char.isalnum())
-    if not label:
-        return  # nothing read: no label to file it under
     path = (SAVE_DIR / f"{label}_{uuid.uuid4().hex}.png").resolve()
     if path.parent != SAVE_DIR:
         return
