@@ -1,18 +1,30 @@
-"""The networks. Both map a (height, width, 1) uint8 image to (max_length, num_classes) per-position
-character probabilities, so training, evaluation and serving treat them alike."""
+"""The networks. All map a (height, width, 1) uint8 image to (max_length, num_classes) per-position
+character probabilities, so evaluation and serving treat them alike; `training_model` gives the one
+that training fits, which for `ctc` is the network before its decoding layer."""
 
 from __future__ import annotations
 
 import keras
-from keras import layers
+from keras import layers, ops
 
 from captcha_mlops.params import ModelParams
+
+STEP_LOGITS = "step_logits"
 
 
 def build_model(params: ModelParams, height: int, width: int, max_length: int, num_classes: int) -> keras.Model:
     if params.arch == "seed":
         return seed_model(height, width, max_length, num_classes)
+    if params.arch == "ctc":
+        return ctc_model(params.filters, params.dropout, params.rnn_units, height, width, max_length, num_classes)
     return compact_model(params.filters, params.dropout, height, width, max_length, num_classes)
+
+
+def training_model(model: keras.Model) -> keras.Model:
+    """What `fit` trains: the model itself, or for `ctc` the same layers up to the per-step logits."""
+    if model.name == "ctc":
+        return keras.Model(model.input, model.get_layer(STEP_LOGITS).output, name="ctc_steps")
+    return model
 
 
 def compact_model(
@@ -62,3 +74,107 @@ def seed_model(height: int, width: int, max_length: int, num_classes: int) -> ke
     x = layers.Dense(max_length * num_classes, activation="sigmoid")(x)
     outputs = layers.Reshape((max_length, num_classes), name="chars")(x)
     return keras.Model(inputs, outputs, name="seed")
+
+
+def ctc_model(
+    filters: list[int],
+    dropout: float,
+    rnn_units: int,
+    height: int,
+    width: int,
+    max_length: int,
+    num_classes: int,
+) -> keras.Model:
+    """The compact conv blocks read as a sequence of columns by a bidirectional GRU, trained with CTC.
+
+    The last block halves the height only, so a 100-wide image becomes 12 columns (one per 8 pixels,
+    about three per character). The same GRU and classifier read every column, so a glyph learned at one
+    place is known everywhere: that sharing is what makes CTC models learn captchas from less data than
+    per-position heads. Each column scores the characters plus "blank" (the codec's PAD class, so the
+    output keeps `num_classes`); `GreedyCtcDecode` turns the columns into the per-position output of the
+    other networks, which is what is saved and served.
+    """
+    steps = width // 2 ** (len(filters) - 1)
+    if steps < 2 * max_length - 1:  # CTC needs a blank column between two equal characters
+        raise ValueError(f"ctc: {width} pixels give {steps} columns, too few for {max_length} characters")
+    inputs = keras.Input(shape=(height, width, 1), name="image", dtype="uint8")
+    x = layers.Rescaling(1.0 / 255)(inputs)
+    x = layers.Conv2D(filters[0], 3, padding="same", activation="relu")(x)
+    x = layers.MaxPooling2D()(x)
+    for i, channels in enumerate(filters[1:], start=2):
+        x = layers.Conv2D(channels, 3, padding="same", use_bias=False)(x)
+        x = layers.BatchNormalization(momentum=0.9)(x)
+        x = layers.ReLU()(x)
+        x = layers.MaxPooling2D((2, 1) if i == len(filters) else (2, 2))(x)
+    # (rows, columns, channels) -> one feature vector per column, left to right.
+    x = layers.Permute((2, 1, 3))(x)
+    x = layers.Reshape((x.shape[1], x.shape[2] * x.shape[3]))(x)
+    x = layers.Dropout(dropout)(x)
+    x = layers.Dense(rnn_units, activation="relu")(x)
+    x = layers.Bidirectional(layers.GRU(rnn_units, return_sequences=True))(x)
+    x = layers.Dropout(dropout)(x)
+    logits = layers.Dense(num_classes, name=STEP_LOGITS)(x)
+    probabilities = layers.Softmax()(logits)
+    outputs = GreedyCtcDecode(max_length, name="chars")(probabilities)
+    return keras.Model(inputs, outputs, name="ctc")
+
+
+def greedy_ctc_decode(step_scores, max_length: int):
+    """(batch, steps, num_classes) scores -> (batch, max_length, num_classes), blank = the last class.
+
+    Best class per column; a character is read where it differs from the column before and is not
+    blank (so "aa" needs a blank between). The i-th character read fills position i with its column's
+    score; positions past the last character hold blank with score 1, as PAD in the other networks.
+    Characters beyond `max_length` are dropped.
+    """
+    num_classes = ops.shape(step_scores)[-1]
+    blank = num_classes - 1
+    best = ops.argmax(step_scores, axis=-1)
+    previous = ops.pad(best[:, :-1], [[0, 0], [1, 0]], constant_values=blank)
+    read = ops.cast(ops.logical_and(best != blank, best != previous), step_scores.dtype)
+    position = ops.cast(ops.cumsum(read, axis=1), "int32") - 1
+    where = ops.one_hot(position, max_length, dtype=step_scores.dtype) * read[..., None]  # (b, steps, length)
+    what = ops.one_hot(best, num_classes, dtype=step_scores.dtype) * ops.max(step_scores, axis=-1)[..., None]
+    chars = ops.einsum("btl,btc->blc", where, what)
+    unread = 1.0 - ops.sum(where, axis=1)  # (b, length): 1 past the last character read
+    return chars + unread[..., None] * ops.one_hot(blank, num_classes, dtype=step_scores.dtype)
+
+
+def ctc_loss(y_true, y_pred):
+    """CTC loss of per-step logits against the one-hot per-position targets all networks train on.
+
+    The targets' PAD class is CTC's blank; a label's length is its number of non-PAD positions.
+    """
+    blank = ops.shape(y_true)[-1] - 1
+    labels = ops.argmax(y_true, axis=-1)
+    label_lengths = ops.sum(ops.cast(labels != blank, "int32"), axis=-1)
+    batch, steps = ops.shape(y_pred)[0], ops.shape(y_pred)[1]
+    return ops.ctc_loss(labels, y_pred, label_lengths, ops.full((batch,), steps, "int32"), mask_index=blank)
+
+
+def on_decoded(metric):
+    """A per-position metric (y_true, y_pred) applied to greedily decoded per-step logits."""
+
+    def decoded_metric(y_true, y_pred):
+        return metric(y_true, greedy_ctc_decode(y_pred, ops.shape(y_true)[1]))
+
+    decoded_metric.__name__ = metric.__name__  # logged as char_accuracy, image_accuracy like the others
+    return decoded_metric
+
+
+@keras.saving.register_keras_serializable(package="captcha_mlops")
+class GreedyCtcDecode(layers.Layer):
+    """`greedy_ctc_decode` as the last layer of the saved `ctc` model."""
+
+    def __init__(self, max_length: int, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.max_length = max_length
+
+    def call(self, step_probabilities):
+        return greedy_ctc_decode(step_probabilities, self.max_length)
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], self.max_length, input_shape[-1])
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "max_length": self.max_length}

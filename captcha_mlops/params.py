@@ -62,12 +62,14 @@ class VerifySplitParams:
 
 @dataclasses.dataclass(frozen=True)
 class ModelParams:
-    arch: str = "compact"
+    arch: str = "ctc"
     filters: list[int] = dataclasses.field(default_factory=lambda: [32, 64, 128, 192])
     dropout: float = 0.3
+    rnn_units: int = 128
 
     def __post_init__(self) -> None:
-        _require(self.arch in ("compact", "seed"), "model.arch", "must be 'compact' or 'seed'")
+        _require(self.arch in ("compact", "ctc", "seed"), "model.arch", "must be 'compact', 'ctc' or 'seed'")
+        _require(self.rnn_units > 0, "model.rnn_units", "must be > 0")
         _require(0.0 <= self.dropout < 1.0, "model.dropout", "must be in [0, 1)")
 
 

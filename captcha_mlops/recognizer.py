@@ -20,6 +20,7 @@ import tensorflow as tf
 from PIL import Image
 
 from captcha_mlops.labels import Codec
+from captcha_mlops.model import GreedyCtcDecode
 from captcha_mlops.preprocess import to_array
 
 MODEL_FILE = "model.keras"
@@ -72,7 +73,8 @@ class Recognizer:
     @classmethod
     def load(cls, model_dir: str | Path) -> Recognizer:
         model_dir = Path(model_dir)
-        model = keras.saving.load_model(model_dir / MODEL_FILE, compile=False)
+        custom_objects = {"GreedyCtcDecode": GreedyCtcDecode}  # the `ctc` network's last layer
+        model = keras.saving.load_model(model_dir / MODEL_FILE, compile=False, custom_objects=custom_objects)
         return cls(model, ModelMeta.read(model_dir))
 
     def prepare(self, image: Image.Image) -> np.ndarray:

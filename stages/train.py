@@ -26,7 +26,7 @@ from mlflow.types import Schema, TensorSpec
 from captcha_mlops.dataset import load_images, read_manifest
 from captcha_mlops.labels import Codec
 from captcha_mlops.metrics import char_accuracy, image_accuracy
-from captcha_mlops.model import build_model
+from captcha_mlops.model import build_model, ctc_loss, on_decoded, training_model
 from captcha_mlops.params import Params, TrainParams, load_params
 from captcha_mlops.paths import MODELS, REPORTS, ROOT, SPLIT
 from captcha_mlops.recognizer import MODEL_FILE, ModelMeta
@@ -124,11 +124,10 @@ def compile_model(model: keras.Model, train: TrainParams, steps_per_epoch: int, 
         decay_steps=max(1, steps_per_epoch * (train.epochs - 1)),
         alpha=0.01,
     )
-    model.compile(
-        keras.optimizers.AdamW(schedule, weight_decay=1e-4),
-        keras.losses.CategoricalCrossentropy(label_smoothing=train.label_smoothing),
-        metrics=metrics,
-    )
+    loss = keras.losses.CategoricalCrossentropy(label_smoothing=train.label_smoothing)
+    if arch == "ctc":
+        loss, metrics = ctc_loss, [on_decoded(metric) for metric in metrics]
+    model.compile(keras.optimizers.AdamW(schedule, weight_decay=1e-4), loss, metrics=metrics)
 
 
 def signature(meta: ModelMeta, num_classes: int) -> ModelSignature:
@@ -186,7 +185,8 @@ def main() -> None:
     steps_per_epoch = int(np.ceil(len(train_idx) / train.batch_size))
 
     model = build_model(params.model, data.height, data.width, data.max_length, codec.num_classes)
-    compile_model(model, train, steps_per_epoch, params.model.arch)
+    trained = training_model(model)  # shares the model's layers: fitting it trains the model
+    compile_model(trained, train, steps_per_epoch, params.model.arch)
     REPORTS.mkdir(parents=True, exist_ok=True)
 
     with start_run(params) as run:
@@ -195,7 +195,7 @@ def main() -> None:
         mlflow.log_params({"train_images": len(train_idx), "validation_images": n_val}, synchronous=False)
         print(f"train: {len(train_idx)} train / {n_val} validation images on {device}, run {run.info.run_id}")
         started = time.monotonic()
-        history = model.fit(
+        history = trained.fit(
             train_ds,
             validation_data=val_ds,
             epochs=train.epochs,

@@ -1,0 +1,81 @@
+"""The networks: every architecture answers in the same per-position form, and `ctc` decodes and trains."""
+
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+
+from captcha_mlops.labels import Codec
+from captcha_mlops.model import build_model, ctc_loss, greedy_ctc_decode, training_model
+from captcha_mlops.params import ModelParams, TrainParams
+from captcha_mlops.recognizer import ModelMeta, Recognizer
+from captcha_mlops.synth import CaptchaFactory
+from stages.train import compile_model, make_dataset
+
+CODEC = Codec("abc", max_length=3)  # classes a, b, c and PAD (CTC's blank)
+BLANK = CODEC.pad
+
+
+def step_scores(columns: list[int], score: float = 0.9) -> np.ndarray:
+    """One batch item whose column i scores class columns[i] with `score`."""
+    scores = np.full((1, len(columns), CODEC.num_classes), (1 - score) / (CODEC.num_classes - 1), np.float32)
+    scores[0, np.arange(len(columns)), columns] = score
+    return scores
+
+
+@pytest.mark.parametrize(
+    ("columns", "text"),
+    [
+        ([0, 0, BLANK, 1, 1, BLANK], "ab"),  # repeats collapse
+        ([0, BLANK, 0, BLANK, 2, 2], "aac"),  # a blank separates two equal characters
+        ([BLANK, BLANK, BLANK, BLANK], ""),
+        ([0, 1, 2, 0, 1, 2], "abc"),  # more than max_length: the first ones are kept
+    ],
+)
+def test_greedy_ctc_decode_gives_the_per_position_form(columns: list[int], text: str) -> None:
+    decoded = keras.ops.convert_to_numpy(greedy_ctc_decode(step_scores(columns), CODEC.max_length))
+    assert decoded.shape == (1, CODEC.max_length, CODEC.num_classes)
+    read, confidences = CODEC.decode(decoded[0])
+    assert read == text
+    assert confidences == pytest.approx([0.9] * len(text))
+
+
+def test_ctc_loss_is_low_for_the_right_reading_and_high_for_a_wrong_one() -> None:
+    targets = np.eye(CODEC.num_classes, dtype=np.float32)[[CODEC.encode("ab")]]
+
+    def loss(columns: list[int]) -> float:
+        logits = np.log(step_scores(columns, score=0.97))
+        return float(keras.ops.convert_to_numpy(ctc_loss(targets, logits))[0])
+
+    assert loss([0, BLANK, 1, BLANK, BLANK]) < 0.5 < 5 < loss([1, BLANK, 0, BLANK, BLANK])
+
+
+def test_ctc_needs_a_column_per_character_and_blank() -> None:
+    with pytest.raises(ValueError, match="too few for 6 characters"):
+        build_model(ModelParams(arch="ctc"), height=60, width=80, max_length=6, num_classes=37)
+
+
+@pytest.mark.parametrize("arch", ["compact", "ctc", "seed"])
+def test_every_arch_trains_saves_and_reads_in_the_same_form(arch: str, tmp_path: Path) -> None:
+    codec = Codec("0123456789", max_length=5)
+    factory = CaptchaFactory(codec.charset, 4, 5, width=100, height=40)
+    samples = [factory.sample(seed=1, index=i) for i in range(64)]
+    images = np.stack([np.asarray(image.convert("L"))[..., None] for _, image in samples])
+    targets = codec.encode_many(label for label, _ in samples)
+
+    model = build_model(ModelParams(arch=arch), 40, 100, codec.max_length, codec.num_classes)
+    trained = training_model(model)
+    compile_model(trained, TrainParams(epochs=1), steps_per_epoch=2, arch=arch)
+    history = trained.fit(make_dataset(images, targets, codec.num_classes, 32, training=True, seed=0), verbose=0)
+    assert np.isfinite(history.history["loss"]).all()
+    assert {"char_accuracy", "image_accuracy"} <= history.history.keys()
+
+    model.save(tmp_path / "model.keras")
+    ModelMeta("t", codec.charset, 4, 5, 100, 40, arch).write(tmp_path)
+    recognizer = Recognizer.load(tmp_path)
+    probabilities = recognizer.probabilities(images[:3])
+    assert probabilities.shape == (3, codec.max_length, codec.num_classes)
+    np.testing.assert_allclose(probabilities, keras.ops.convert_to_numpy(model(images[:3])), atol=1e-5)
+    for reading in recognizer.read_arrays(images[:3]):
+        assert set(reading.text) <= set(codec.charset) and len(reading.text) <= codec.max_length
