@@ -143,7 +143,10 @@ def _build(cls: type[T], raw: Any, prefix: str) -> T:
     fields = {field.name: field for field in dataclasses.fields(cls)}
     unknown = sorted(set(raw) - set(fields))
     if unknown:
-        raise ParamsError(f"unknown key {prefix}{unknown[0]} (known keys: {', '.join(fields)})")
+        message = f"unknown key {prefix}{unknown[0]} (known keys: {', '.join(fields)})"
+        # Params are grouped by stage: `data.count` is most likely `generate.count`.
+        elsewhere = [key for key in Params().as_flat_dict() if key.rpartition(".")[2] == unknown[0]]
+        raise ParamsError(f"{message}; did you mean {' or '.join(elsewhere)}?" if elsewhere else message)
     hints = typing.get_type_hints(cls)
     values = {}
     for name, value in raw.items():

@@ -30,6 +30,7 @@ def test_missing_sections_take_defaults(tmp_path: Path) -> None:
         ({"train": {"epochs": "ten"}}, "train.epochs: expected int, got 'ten'"),
         ({"train": {"epoch": 3}}, "unknown key train.epoch"),
         ({"trian": {}}, "unknown key trian"),
+        ({"data": {"count": 500}}, "unknown key data.count .* did you mean generate.count"),
         ({"data": {"width": True}}, "data.width: expected int"),
         ({"generate": {"fonts": "a.ttf"}}, "generate.fonts: expected a list"),
         ({"data": {"min_length": 5, "max_length": 4}}, "data.min_length"),
