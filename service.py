@@ -1,8 +1,8 @@
 """Captcha recognition over HTTP: `bentoml serve` (development) or `bentoml build` (a bento to ship).
 
-Two services. `Captcha` is the public one: it checks requests, decodes and preprocesses images (the same
-`to_array` as training) and answers. `Reader` holds the models; its `read` API is batchable, so images sent
-by concurrent requests are read together, each model on its own part of the batch.
+One new-style BentoML service, `Captcha`: it checks requests, decodes and preprocesses images (the same
+`to_array` as training) and reads them with the models it holds. Images of concurrent requests are read
+together (adaptive batching, `captcha_mlops.batching`), each model on its own batches.
 
 Environment: CAPTCHA_MODELS (captcha types served, comma-separated; the first is the default),
 CAPTCHA_API_KEY, CAPTCHA_MAX_BYTES, CAPTCHA_MAX_PIXELS, CAPTCHA_SAVE_DIR, CAPTCHA_MAX_BATCH_SIZE,
@@ -12,54 +12,49 @@ section Serving.
 
 from __future__ import annotations
 
-import base64
+import gc
 import io
 import os
 import time
 import uuid
-from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Annotated, Any
 
 import bentoml
-import numpy as np
 import uvicorn
-from _bentoml_impl.client.proxy2 import SessionManager
 from fastapi import FastAPI, File, Form, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from PIL import Image
-from pydantic import BaseModel
 
+from captcha_mlops.batching import Batcher, Overloaded
 from captcha_mlops.params import load_params
-from captcha_mlops.preprocess import BadImage, open_image, to_array
+from captcha_mlops.preprocess import BadImage, open_image
 from captcha_mlops.synth import CaptchaFactory
 from captcha_mlops.tracking import registered_name
 
 MODEL_TYPES = [name.strip() for name in os.environ.get("CAPTCHA_MODELS", "alnum4").split(",") if name.strip()]
 DEFAULT_MODEL = MODEL_TYPES[0]
 SERVE = load_params(Path(__file__).with_name("params.yaml")).serve
-MAX_BATCH_SIZE = int(os.environ.get("CAPTCHA_MAX_BATCH_SIZE", SERVE.max_batch_size))
-# Also a deadline: a request that would wait longer in the batching queue gets 503 (overloaded).
+MAX_BATCH_SIZE = int(os.environ.get("CAPTCHA_MAX_BATCH_SIZE", SERVE.max_batch_size))  # 1: batching off
+# A deadline, not a wait: a request queued longer for the model gets 503 (overloaded).
 MAX_LATENCY_MS = int(os.environ.get("CAPTCHA_MAX_LATENCY_MS", SERVE.max_latency_ms))
+WORKERS = int(os.environ.get("CAPTCHA_WORKERS", SERVE.workers))
+MODEL_THREADS = int(os.environ.get("CAPTCHA_MODEL_THREADS", SERVE.model_threads))
 MAX_BYTES = int(os.environ.get("CAPTCHA_MAX_BYTES", 1024 * 1024))
 MAX_PIXELS = int(os.environ.get("CAPTCHA_MAX_PIXELS", 4_000_000))
-MAX_CONCURRENCY = int(os.environ.get("CAPTCHA_MAX_CONCURRENCY", 128))  # requests in progress; more get 503
+MAX_CONCURRENCY = int(os.environ.get("CAPTCHA_MAX_CONCURRENCY", 128))  # per worker: requests in progress; more: 503
 MIN_SIDE = 8  # smaller cannot hold a readable character: refuse instead of answering noise
 API_KEY = os.environ.get("CAPTCHA_API_KEY", "")
 SAVE_DIR = Path(os.environ["CAPTCHA_SAVE_DIR"]).resolve() if os.environ.get("CAPTCHA_SAVE_DIR") else None
 OPEN_PATHS = ("/livez", "/readyz", "/metrics")  # probes and scraping never need the API key
 KEEP_ALIVE_S = int(os.environ.get("CAPTCHA_KEEP_ALIVE_S", 75))  # idle keep-alive connections are kept this long
 
-# BentoML >= 1.4.30 replaces a dependency's HTTP session every 100 requests and closes the old one with requests
-# still in flight on it: under concurrent load those fail as 500s (bentoml/BentoML#5540, #5544). The Reader
-# is a local socket in the same deployment, so one session for the life of the process is what we want.
-SessionManager._should_refresh = lambda self: False  # type: ignore[method-assign]
-
 # Uvicorn closes a keep-alive connection after 5 idle seconds (what `bentoml serve` passes unless given the
 # hidden --timeout-keep-alive), the very age at which httpx (5 s) and aiohttp (15 s) still reuse one: a request
-# sent as the server closes it dies with a reset (httpx ReadError, 2-4 in 10k requests at 64 clients). Both
-# services' workers build their uvicorn.Config after importing this module.
+# sent as the server closes it dies with a reset (httpx ReadError, 2-4 in 10k requests at 64 clients). The
+# service's worker builds its uvicorn.Config after importing this module.
 _uvicorn_config_init = uvicorn.Config.__init__
 
 
@@ -74,50 +69,11 @@ if not all(name.isidentifier() for name in MODEL_TYPES):
     raise ValueError(f"CAPTCHA_MODELS must list captcha types such as alnum4,digits5; got {MODEL_TYPES}")
 
 
-class Item(BaseModel):
-    model: str
-    pixels: str  # base64 of the uint8 (height, width, 1) model input: compact JSON between the services
-
-
-class Reading(BaseModel):
-    text: str
-    confidences: list[float]
-    batch_size: int  # how many images were read together with this one
-
-
 def with_models(cls: type) -> type:
     """One class attribute per served type: where `bentoml build` looks for the models to pack."""
     for name in MODEL_TYPES:
         setattr(cls, f"model_{name}", bentoml.models.BentoModel(f"{registered_name(name)}:latest"))
     return cls
-
-
-# No access log here: every request already has one line in the Captcha log, and on a busy CPU a second
-# line per request costs throughput.
-@bentoml.service(workers=1, traffic={"timeout": 60}, logging={"access": {"enabled": False}})
-@with_models
-class Reader:
-    def __init__(self) -> None:
-        from captcha_mlops.recognizer import Recognizer  # TensorFlow: only this service's process loads it
-
-        self.recognizers = {name: Recognizer.load(getattr(self, f"model_{name}").path) for name in MODEL_TYPES}
-
-    # CAPTCHA_MAX_BATCH_SIZE=1 turns adaptive batching off (BentoML wants max_batch_size > 1 when it is on).
-    @bentoml.api(batchable=MAX_BATCH_SIZE > 1, max_batch_size=max(2, MAX_BATCH_SIZE), max_latency_ms=MAX_LATENCY_MS)
-    def read(self, items: list[Item]) -> list[Reading]:
-        groups: dict[str, list[int]] = defaultdict(list)
-        for index, item in enumerate(items):
-            groups[item.model].append(index)
-        readings: list[Reading | None] = [None] * len(items)
-        for name, indices in groups.items():
-            recognizer = self.recognizers[name]
-            shape = (recognizer.meta.height, recognizer.meta.width, 1)
-            batch = np.stack(
-                [np.frombuffer(base64.b64decode(items[i].pixels), np.uint8).reshape(shape) for i in indices]
-            )
-            for index, reading in zip(indices, recognizer.read_arrays(batch)):
-                readings[index] = Reading(text=reading.text, confidences=reading.confidences, batch_size=len(items))
-        return readings  # type: ignore[return-value]  # every index was filled above
 
 
 class ApiError(Exception):
@@ -133,7 +89,8 @@ ModelField = Annotated[str | None, Form(description="captcha type; default: the 
 
 @app.exception_handler(ApiError)
 async def api_error(_: Request, error: ApiError) -> JSONResponse:
-    return JSONResponse(error.body, status_code=error.status)
+    headers = {"Retry-After": "1"} if error.status == 503 else None
+    return JSONResponse(error.body, status_code=error.status, headers=headers)
 
 
 @app.exception_handler(RequestValidationError)
@@ -145,8 +102,8 @@ async def validation_error(_: Request, error: RequestValidationError) -> JSONRes
 class Guard:
     """ASGI middleware: API key, request size and load are checked before any body is read.
 
-    At most MAX_CONCURRENCY requests are in progress; more get 503 with Retry-After at once, so an overload
-    never builds an unbounded queue (the one `Captcha` worker makes this counter exact).
+    At most MAX_CONCURRENCY requests are in progress in a worker; more get 503 with Retry-After at once, so an
+    overload never builds an unbounded queue.
     """
 
     def __init__(self, app: Any) -> None:
@@ -180,26 +137,58 @@ class Guard:
         return None
 
 
-@bentoml.service(workers=1, traffic={"timeout": int(os.environ.get("CAPTCHA_TIMEOUT_S", 30))})
+@bentoml.service(workers=WORKERS, traffic={"timeout": int(os.environ.get("CAPTCHA_TIMEOUT_S", 30))})
 @bentoml.asgi_app(app, path="/")
+@with_models
 class Captcha:
-    reader = bentoml.depends(Reader)
-
     def __init__(self) -> None:
-        # Model metadata (image size, charset) comes from the BentoML store: no TensorFlow in this process.
-        stored = {name: bentoml.models.get(f"{registered_name(name)}:latest") for name in MODEL_TYPES}
-        self.meta = {name: model.info.metadata for name, model in stored.items()}
+        # Imported here: `bentoml build` imports this module and needs neither. Prometheus, because BentoML
+        # sets up its multiprocess metrics directory before it creates the service.
+        import tensorflow as tf
+        from prometheus_client import Histogram
+
+        from captcha_mlops.recognizer import Recognizer
+
+        # Before any model is loaded: TensorFlow takes thread settings only then. On 2 cores one thread
+        # served the most requests/s, leaving the other core to HTTP (README.md, Serving benchmark).
+        tf.config.threading.set_intra_op_parallelism_threads(MODEL_THREADS)
+        tf.config.threading.set_inter_op_parallelism_threads(MODEL_THREADS)
+        stored = {name: getattr(self, f"model_{name}") for name in MODEL_TYPES}
+        self.recognizers = {name: Recognizer.load(model.path) for name, model in stored.items()}
         self.versions = {name: model.tag.version for name, model in stored.items()}
         self.factories = {
-            name: CaptchaFactory(m["charset"], m["min_length"], m["max_length"], m["width"], m["height"])
-            for name, m in self.meta.items()
+            name: CaptchaFactory(r.meta.charset, r.meta.min_length, r.meta.max_length, r.meta.width, r.meta.height)
+            for name, r in self.recognizers.items()
+        }
+        # One thread makes every model call, so the models never compete for the cores; meanwhile the event
+        # loop goes on receiving and preprocessing the requests that will make up the next batch.
+        model_thread = ThreadPoolExecutor(1, thread_name_prefix="model")
+        batch_sizes = Histogram(
+            "captcha_batch_size",
+            "Images read in one model call (adaptive batching)",
+            ["model"],
+            buckets=[2**i for i in range(max(MAX_BATCH_SIZE, 1).bit_length() + 1)],
+        )
+        self.batchers = {
+            name: Batcher(
+                recognizer.read_arrays,
+                model_thread,
+                MAX_BATCH_SIZE,
+                MAX_LATENCY_MS / 1000,
+                batch_sizes.labels(model=name).observe,
+            )
+            for name, recognizer in self.recognizers.items()
         }
         if SAVE_DIR is not None:
             SAVE_DIR.mkdir(parents=True, exist_ok=True)
+        # The loaded models are hundreds of thousands of long-lived Python objects: frozen, the garbage
+        # collector stops walking them, which under load stalled every request in flight for ~350 ms.
+        gc.collect()
+        gc.freeze()
 
     def model_name(self, model: str | None) -> str:
         name = model or DEFAULT_MODEL
-        if name not in self.meta:
+        if name not in self.recognizers:
             raise ApiError(404, f"unknown model {name!r}", models=MODEL_TYPES)
         return name
 
@@ -214,13 +203,13 @@ class Captcha:
             raise ApiError(422, str(error)) from None
         if min(image.size) < MIN_SIDE:
             raise ApiError(422, f"image is {image.width}x{image.height}: sides must be at least {MIN_SIDE} pixels")
-        meta = self.meta[name]
-        pixels = to_array(image, meta["width"], meta["height"])
+        pixels = self.recognizers[name].prepare(image)
         started = time.perf_counter()
-        (reading,) = await self.reader.to_async.read([Item(model=name, pixels=base64.b64encode(pixels).decode())])
+        try:
+            reading, batch_size = await self.batchers[name].read(pixels)
+        except Overloaded as error:
+            raise ApiError(503, f"overloaded: {error}, retry later") from None
         seconds = time.perf_counter() - started
-        if isinstance(reading, dict):  # the client may hand back plain JSON rather than the model
-            reading = Reading(**reading)
         if SAVE_DIR is not None:
             save_for_training(image, reading.text)
         return {
@@ -229,7 +218,7 @@ class Captcha:
             "model": name,
             "version": self.versions[name],
             "seconds": round(seconds, 4),
-            "batch_size": reading.batch_size,
+            "batch_size": batch_size,
         }
 
     @app.post("/recognize")
@@ -257,6 +246,16 @@ class Captcha:
 
 
 Captcha.add_asgi_middleware(Guard)
+
+
+async def current_service() -> Captcha:
+    return bentoml.get_current_service()
+
+
+# BentoML hands each route its `self` through the synchronous dependency bentoml.get_current_service, which
+# FastAPI runs on a worker thread: a thread hop per request, the largest single cost of a recognition under
+# load. The same lookup as a coroutine runs on the event loop.
+app.dependency_overrides[bentoml.get_current_service] = current_service
 
 
 def save_for_training(image: Image.Image, text: str) -> None:

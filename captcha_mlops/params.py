@@ -103,6 +103,14 @@ class EvaluateParams:
 class ServeParams:
     max_batch_size: int = 64
     max_latency_ms: int = 1000
+    workers: int = 1
+    model_threads: int = 1
+
+    def __post_init__(self) -> None:
+        _require(self.max_batch_size >= 1, "serve.max_batch_size", "must be >= 1 (1 turns batching off)")
+        _require(self.max_latency_ms >= 1, "serve.max_latency_ms", "must be >= 1")
+        _require(self.workers >= 1, "serve.workers", "must be >= 1")
+        _require(self.model_threads >= 1, "serve.model_threads", "must be >= 1")
 
 
 @dataclasses.dataclass(frozen=True)

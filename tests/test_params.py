@@ -38,6 +38,7 @@ def test_missing_sections_take_defaults(tmp_path: Path) -> None:
         ({"model": {"arch": "resnet"}}, "model.arch"),
         ({"verify_split": {"test_ratio": 0}}, "verify_split.test_ratio"),
         ({"train": []}, "train: expected a mapping"),
+        ({"serve": {"model_threads": 0}}, "serve.model_threads: must be >= 1"),
     ],
 )
 def test_bad_params_fail_fast_naming_the_key(tmp_path: Path, params: dict, message: str) -> None:

@@ -162,13 +162,13 @@ def test_received_images_are_saved_under_generated_names_only(server: Server) ->
 
 
 def batch_size_histogram(metrics: str) -> tuple[float, float]:
-    """(batches read, batches of exactly one image) for the Reader's batchable `read` API."""
+    """(batches read, batches of exactly one image), all models, from the service's `captcha_batch_size`."""
 
     def value(pattern: str) -> float:
         return sum(float(v) for v in re.findall(pattern, metrics))
 
-    count = value(r'bentoml_service_adaptive_batch_size_count\{[^}]*method_name="read"[^}]*\} (\S+)')
-    ones = value(r'bentoml_service_adaptive_batch_size_bucket\{le="1.0",[^}]*method_name="read"[^}]*\} (\S+)')
+    count = value(r"captcha_batch_size_count\{[^}]*\} (\S+)")
+    ones = value(r'captcha_batch_size_bucket\{le="1.0",[^}]*\} (\S+)')
     return count, ones
 
 
