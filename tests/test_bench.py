@@ -8,6 +8,7 @@ from PIL import Image
 
 from bench.accuracy import accuracy_ratio
 from bench.own_data import CHARSET, HEIGHT, LENGTH, WIDTH, make_images
+from bench.serving import with_cpu
 from captcha_mlops.labels import label_from_name
 
 
@@ -27,3 +28,9 @@ def test_own_data_images_are_valid_user_images_and_reproducible(tmp_path: Path) 
 def test_accuracy_ratio_is_undefined_when_the_seed_reads_nothing() -> None:
     assert accuracy_ratio({"test_image_accuracy": 0.9}, {"test_image_accuracy": 0.3}) == 3.0
     assert accuracy_ratio({"test_image_accuracy": 0.9}, {"test_image_accuracy": 0.0}) is None
+
+
+def test_server_cpu_per_request_is_cores_over_throughput() -> None:
+    cores = {"server": 1.5, "load_generator": 0.1}
+    assert with_cpu({"throughput_per_s": 500.0}, cores)["server_cpu_ms_per_request"] == 3.0
+    assert with_cpu({"throughput_per_s": 0.0}, cores)["server_cpu_ms_per_request"] is None  # every request failed

@@ -83,9 +83,17 @@ def test_serving_benchmark_writes_csv_json_and_plot(server: Server, tmp_path: Pa
     for key in ("batching_on_c1", "batching_on_c4", "batching_off_c4"):
         assert summary[key]["requests"] == 40 and summary[key]["errors"] == 0, key
         assert summary[key]["cpu_cores"]["server"] > 0 and summary[key]["cpu_cores"]["load_generator"] > 0, key
-    assert summary["raw_model_batch64_per_s"] > 0 and summary["raw_model_single_image_p50_ms"] > 0
+        assert summary[key]["server_cpu_ms_per_request"] > 0, key
+    for raw in summary["raw_model"].values():  # each timed in a process of its own
+        assert raw["batch64_per_s"] > 0 and raw["single_image_p50_ms"] > 0 and raw["cpu_cores"] > 0
+    assert summary["raw_model"]["as_served"]["threads"] == 1  # params.yaml serve.model_threads
+    assert summary["raw_model"]["as_served"]["cpu_cores"] < 1.5  # one TensorFlow thread, plus Python around it
     assert summary["memory"]["requests"] == 100 and summary["memory"]["error_kinds"] == {}
-    assert set(summary["ratios"]) == {"service_c4_over_raw_model", "batching_on_over_off"}
+    assert set(summary["ratios"]) == {
+        "service_c4_over_raw_model",
+        "service_c4_over_raw_model_as_served",
+        "batching_on_over_off",
+    }
     header, *lines = (out / "serving.csv").read_text().splitlines()
     assert header.split(",")[:4] == ["concurrency", "status", "total_ms", "recognition_ms"] and len(lines) == 120
     assert (out / "serving.png").read_bytes()[:4] == b"\x89PNG"
