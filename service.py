@@ -15,9 +15,9 @@ from __future__ import annotations
 import gc
 import io
 import os
+import threading
 import time
 import uuid
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -160,22 +160,21 @@ class Captcha:
             name: CaptchaFactory(r.meta.charset, r.meta.min_length, r.meta.max_length, r.meta.width, r.meta.height)
             for name, r in self.recognizers.items()
         }
-        # One thread makes every model call, so the models never compete for the cores; meanwhile the event
-        # loop goes on receiving and preprocessing the requests that will make up the next batch.
-        model_thread = ThreadPoolExecutor(1, thread_name_prefix="model")
         batch_sizes = Histogram(
             "captcha_batch_size",
             "Images read in one model call (adaptive batching)",
             ["model"],
-            buckets=[2**i for i in range(max(MAX_BATCH_SIZE, 1).bit_length() + 1)],
+            buckets=[2**i for i in range(MAX_BATCH_SIZE.bit_length() + 1)],
         )
+        one_model_at_a_time = threading.Lock()  # the models share the cores: never run two at once
         self.batchers = {
             name: Batcher(
                 recognizer.read_arrays,
-                model_thread,
                 MAX_BATCH_SIZE,
                 MAX_LATENCY_MS / 1000,
-                batch_sizes.labels(model=name).observe,
+                on_batch=batch_sizes.labels(model=name).observe,
+                model_lock=one_model_at_a_time,
+                name=name,
             )
             for name, recognizer in self.recognizers.items()
         }

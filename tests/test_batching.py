@@ -5,8 +5,6 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -34,15 +32,9 @@ def pixels(value: int) -> np.ndarray:
     return np.full((2, 3, 1), value, np.uint8)
 
 
-@pytest.fixture
-def executor() -> Iterator[ThreadPoolExecutor]:
-    with ThreadPoolExecutor(1) as pool:
-        yield pool
-
-
-def test_a_lone_request_is_read_at_once_alone(executor: ThreadPoolExecutor) -> None:
+def test_a_lone_request_is_read_at_once_alone() -> None:
     model = SlowModel()
-    batcher = Batcher(model, executor, max_batch_size=8, max_wait_s=5)
+    batcher = Batcher(model, max_batch_size=8, max_wait_s=5)
 
     async def one() -> tuple[int, int]:
         return await batcher.read(pixels(7))
@@ -53,10 +45,10 @@ def test_a_lone_request_is_read_at_once_alone(executor: ThreadPoolExecutor) -> N
     assert model.batch_sizes == [1]
 
 
-def test_requests_queued_while_the_model_is_busy_are_read_together_in_order(executor: ThreadPoolExecutor) -> None:
+def test_requests_queued_while_the_model_is_busy_are_read_together_in_order() -> None:
     model = SlowModel()
     sizes: list[int] = []
-    batcher = Batcher(model, executor, max_batch_size=4, max_wait_s=5, on_batch=sizes.append)
+    batcher = Batcher(model, max_batch_size=4, max_wait_s=5, on_batch=sizes.append)
 
     async def burst() -> list[tuple[int, int]]:
         model.release.clear()  # the first request holds the model while nine more arrive
@@ -73,9 +65,9 @@ def test_requests_queued_while_the_model_is_busy_are_read_together_in_order(exec
     assert [size for _, size in results] == [1, 4, 4, 4, 4, 4, 4, 4, 4, 1]
 
 
-def test_a_request_queued_past_the_deadline_is_refused_and_the_rest_go_on(executor: ThreadPoolExecutor) -> None:
+def test_a_request_queued_past_the_deadline_is_refused_and_the_rest_go_on() -> None:
     model = SlowModel(seconds=0.3)
-    batcher = Batcher(model, executor, max_batch_size=1, max_wait_s=0.1)
+    batcher = Batcher(model, max_batch_size=1, max_wait_s=0.1)
 
     async def burst() -> list[object]:
         return await asyncio.gather(*(batcher.read(pixels(v)) for v in range(3)), return_exceptions=True)
@@ -86,30 +78,35 @@ def test_a_request_queued_past_the_deadline_is_refused_and_the_rest_go_on(execut
     assert asyncio.run(burst())[0] == (0, 1)  # the batcher still serves
 
 
-def test_a_model_error_reaches_every_request_of_its_batch_only(executor: ThreadPoolExecutor) -> None:
-    calls = 0
-
-    def flaky(batch: np.ndarray) -> list[int]:
-        nonlocal calls
-        calls += 1
-        if calls == 1:
-            raise RuntimeError("model failed")
-        return [int(image[0, 0, 0]) for image in batch]
-
-    batcher = Batcher(flaky, executor, max_batch_size=8, max_wait_s=5)
-
-    async def two_rounds() -> tuple[list[object], tuple[int, int]]:
-        failed = await asyncio.gather(batcher.read(pixels(1)), batcher.read(pixels(2)), return_exceptions=True)
-        return failed, await batcher.read(pixels(3))
-
-    failed, later = asyncio.run(two_rounds())
-    assert all(isinstance(error, RuntimeError) for error in failed)
-    assert later == (3, 1)
-
-
-def test_a_request_whose_client_left_is_not_read(executor: ThreadPoolExecutor) -> None:
+def test_a_model_error_reaches_every_request_of_its_batch_only() -> None:
     model = SlowModel()
-    batcher = Batcher(model, executor, max_batch_size=8, max_wait_s=5)
+
+    def fails_on_13(batch: np.ndarray) -> list[int]:
+        results = model(batch)
+        if 13 in results:
+            raise RuntimeError("model failed")
+        return results
+
+    batcher = Batcher(fails_on_13, max_batch_size=8, max_wait_s=5)
+
+    async def rounds() -> list[object]:
+        model.release.clear()  # hold the model so that 13 and 2 are queued, then read, together
+        busy = asyncio.ensure_future(batcher.read(pixels(1)))
+        await asyncio.sleep(0.05)
+        together = [asyncio.ensure_future(batcher.read(pixels(v))) for v in (13, 2)]
+        await asyncio.sleep(0.05)
+        model.release.set()
+        outcomes = await asyncio.gather(busy, *together, return_exceptions=True)
+        return [*outcomes, await batcher.read(pixels(3))]
+
+    busy, failed, failed_too, later = asyncio.run(rounds())
+    assert busy == (1, 1) and later == (3, 1)
+    assert isinstance(failed, RuntimeError) and isinstance(failed_too, RuntimeError)
+
+
+def test_a_request_whose_client_left_is_not_read() -> None:
+    model = SlowModel()
+    batcher = Batcher(model, max_batch_size=8, max_wait_s=5)
 
     async def cancel_one() -> tuple[int, int]:
         model.release.clear()
@@ -127,6 +124,30 @@ def test_a_request_whose_client_left_is_not_read(executor: ThreadPoolExecutor) -
     assert model.batch_sizes == [1, 1]
 
 
-def test_max_batch_size_must_be_positive(executor: ThreadPoolExecutor) -> None:
+def test_batchers_sharing_a_model_lock_never_run_their_models_at_once() -> None:
+    running, overlaps = 0, 0
+    count_lock = threading.Lock()
+
+    def model(batch: np.ndarray) -> list[int]:
+        nonlocal running, overlaps
+        with count_lock:
+            running += 1
+            overlaps += running > 1
+        time.sleep(0.01)
+        with count_lock:
+            running -= 1
+        return [0] * len(batch)
+
+    shared = threading.Lock()
+    batchers = [Batcher(model, max_batch_size=2, max_wait_s=5, model_lock=shared) for _ in range(2)]
+
+    async def both() -> list[tuple[int, int]]:
+        return await asyncio.gather(*(batcher.read(pixels(0)) for batcher in batchers for _ in range(10)))
+
+    assert len(asyncio.run(both())) == 20
+    assert overlaps == 0
+
+
+def test_max_batch_size_must_be_positive() -> None:
     with pytest.raises(ValueError, match="max_batch_size"):
-        Batcher(SlowModel(), executor, max_batch_size=0, max_wait_s=1)
+        Batcher(SlowModel(), max_batch_size=0, max_wait_s=1)
