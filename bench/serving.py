@@ -298,22 +298,20 @@ def main() -> None:
             summary[f"batching_on_c{concurrency}"] = with_cpu(summarize(level), cores())
             print(f"bench: batching on, c={concurrency}: {summary[f'batching_on_c{concurrency}']}", flush=True)
         memory_level = max(args.concurrency)
-        first_count = min(1000, args.memory_requests // 10)  # RSS after the first 1k (10% in a short run) ...
-        first = asyncio.run(drive(url, images, memory_level, first_count))
-        rss_first = tree_rss_mb(process)
-        rest = asyncio.run(drive(url, images, memory_level, args.memory_requests - first_count))
-        rss_all = tree_rss_mb(process)  # ... against RSS after all of them: flat means no growth per request
-        long_run = summarize(first + rest)
+        # RSS after each tenth of the long run (after 1k, 2k, ... of 10k): growth per request would show as a
+        # slope, a warming allocator as steps that level off.
+        chunk, long_run, rss_after = args.memory_requests // 10, [], {}
+        for done in range(chunk, chunk * 10 + 1, chunk):
+            long_run += asyncio.run(drive(url, images, memory_level, chunk))
+            rss_after[str(done)] = round(tree_rss_mb(process), 1)
+        memory = summarize(long_run)
         summary["memory"] = {
             "concurrency": memory_level,
-            "requests": args.memory_requests,
-            "errors": long_run["errors"],
-            "error_kinds": long_run["error_kinds"],
-            "rss_mb_after_requests": {
-                str(first_count): round(rss_first, 1),
-                str(args.memory_requests): round(rss_all, 1),
-            },
-            "growth_ratio": round(rss_all / rss_first, 3),
+            "requests": len(long_run),
+            "errors": memory["errors"],
+            "error_kinds": memory["error_kinds"],
+            "rss_mb_after_requests": rss_after,
+            "growth_ratio": round(rss_after[str(chunk * 10)] / rss_after[str(chunk)], 3),
         }
         print(f"bench: memory: {summary['memory']}", flush=True)
 

@@ -89,6 +89,7 @@ def test_serving_benchmark_writes_csv_json_and_plot(server: Server, tmp_path: Pa
     assert summary["raw_model"]["as_served"]["threads"] == 1  # params.yaml serve.model_threads
     assert summary["raw_model"]["as_served"]["cpu_cores"] < 1.5  # one TensorFlow thread, plus Python around it
     assert summary["memory"]["requests"] == 100 and summary["memory"]["error_kinds"] == {}
+    assert list(summary["memory"]["rss_mb_after_requests"]) == [str(n) for n in range(10, 101, 10)]
     assert set(summary["ratios"]) == {
         "service_c4_over_raw_model",
         "service_c4_over_raw_model_as_served",
