@@ -6,8 +6,8 @@ together (adaptive batching, `captcha_mlops.batching`), each model on its own ba
 
 Environment: CAPTCHA_MODELS (captcha types served, comma-separated; the first is the default),
 CAPTCHA_API_KEY, CAPTCHA_MAX_BYTES, CAPTCHA_MAX_PIXELS, CAPTCHA_SAVE_DIR, CAPTCHA_MAX_BATCH_SIZE,
-CAPTCHA_MAX_LATENCY_MS, CAPTCHA_MAX_CONCURRENCY, CAPTCHA_TIMEOUT_S, CAPTCHA_KEEP_ALIVE_S. See README.md,
-section Serving.
+CAPTCHA_MAX_LATENCY_MS, CAPTCHA_WORKERS, CAPTCHA_MODEL_THREADS, CAPTCHA_MAX_CONCURRENCY, CAPTCHA_TIMEOUT_S,
+CAPTCHA_KEEP_ALIVE_S. See README.md, section Serving.
 """
 
 from __future__ import annotations
@@ -180,8 +180,8 @@ class Captcha:
         }
         if SAVE_DIR is not None:
             SAVE_DIR.mkdir(parents=True, exist_ok=True)
-        # The loaded models are hundreds of thousands of long-lived Python objects: frozen, the garbage
-        # collector stops walking them, which under load stalled every request in flight for ~350 ms.
+        # The loaded models are tens of thousands of long-lived Python objects: frozen, the garbage collector
+        # stops walking them in its full collections, each of which stalled every request in flight.
         gc.collect()
         gc.freeze()
 
