@@ -4,7 +4,7 @@ Starts `bentoml serve` on loopback, drives POST /recognize at each concurrency f
 requests, then again with adaptive batching off (max batch size 1), and measures the raw model without HTTP,
 on every core and with the service's TensorFlow thread count: its batch throughput is the ceiling the service
 is compared with, its time for one image the latency floor.
-Memory (RSS of the whole server process tree) is read after the first 1k and after all requests of the long run.
+Memory (RSS of the whole server process tree) is read after each tenth of a long run (10k requests).
 
 Writes bench/results/serving.csv (one row per request: total, recognition and request-overhead ms),
 bench/results/serving.json (summary) and bench/results/serving.png (box plot).

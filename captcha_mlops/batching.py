@@ -6,8 +6,8 @@ batching. While the model reads a batch, new requests queue; the moment it is do
 while requests wait.
 
 The model runs on a thread of its own that takes its next batch itself: it never waits for the event loop, which
-under load is busy receiving requests (handing each batch to an executor and back cost ~10 ms of model idle time
-per batch).
+under load is busy receiving requests (handed to an executor and back, each batch left the model idle until the
+loop got round to it).
 """
 
 from __future__ import annotations
@@ -83,7 +83,7 @@ class Batcher(Generic[Result]):
             now, batch = time.monotonic(), []
             while self._queue and len(batch) < self.max_batch_size:
                 job = self._queue.popleft()
-                if job.future.done():  # cancelled: its client went away
+                if job.future.done():  # cancelled, its client gone (a racy read: at worst it is read anyway)
                     continue
                 if now - job.queued_at > self.max_wait_s:
                     _settle([job], Overloaded(f"queued for more than {self.max_wait_s:g} s"))
