@@ -74,22 +74,36 @@ class ModelParams:
 
 
 @dataclasses.dataclass(frozen=True)
+class PretrainParams:
+    images: int = 20000
+    steps: int = 1500
+    batch_size: int = 32
+
+    def __post_init__(self) -> None:
+        _require(self.images >= 0, "pretrain.images", "must be >= 0 (0: no pretraining)")
+        _require(self.steps >= 1, "pretrain.steps", "must be >= 1")
+        _require(self.batch_size >= 1, "pretrain.batch_size", "must be >= 1")
+
+
+@dataclasses.dataclass(frozen=True)
 class TrainParams:
-    epochs: int = 10
+    steps: int = 1500
     batch_size: int = 128
+    validate_every: int = 100
     learning_rate: float = 0.002
     label_smoothing: float = 0.05
     augment: bool = True
     validation_ratio: float = 0.05
     acc_stop: float = 0.995
-    patience: int = 4
+    patience_steps: int = 500
     max_minutes: float = 0.0
     log_every_n_steps: int = 20
     seed: int = 0
 
     def __post_init__(self) -> None:
-        _require(self.epochs >= 1, "train.epochs", "must be >= 1")
+        _require(self.steps >= 1, "train.steps", "must be >= 1")
         _require(self.batch_size >= 1, "train.batch_size", "must be >= 1")
+        _require(self.validate_every >= 1, "train.validate_every", "must be >= 1")
         _require(0.0 < self.validation_ratio < 1.0, "train.validation_ratio", "must be between 0 and 1")
 
 
@@ -97,6 +111,14 @@ class TrainParams:
 class EvaluateParams:
     batch_size: int = 256
     gallery_size: int = 24
+
+
+@dataclasses.dataclass(frozen=True)
+class PackageParams:
+    min_test_image_accuracy: float = 0.5
+
+    def __post_init__(self) -> None:
+        _require(0.0 <= self.min_test_image_accuracy <= 1.0, "package.min_test_image_accuracy", "must be in [0, 1]")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -119,8 +141,10 @@ class Params:
     generate: GenerateParams = dataclasses.field(default_factory=GenerateParams)
     verify_split: VerifySplitParams = dataclasses.field(default_factory=VerifySplitParams)
     model: ModelParams = dataclasses.field(default_factory=ModelParams)
+    pretrain: PretrainParams = dataclasses.field(default_factory=PretrainParams)
     train: TrainParams = dataclasses.field(default_factory=TrainParams)
     evaluate: EvaluateParams = dataclasses.field(default_factory=EvaluateParams)
+    package: PackageParams = dataclasses.field(default_factory=PackageParams)
     serve: ServeParams = dataclasses.field(default_factory=ServeParams)
 
     def as_flat_dict(self) -> dict[str, Any]:

@@ -13,6 +13,7 @@ DATA = ROOT / "data"
 ORIGIN = DATA / "origin"  # generate's output
 SPLIT = DATA / "split"  # verify_split's manifests and report
 MODELS = ROOT / "models"
+PRETRAINED = MODELS / "pretrained"  # pretrain's output
 REPORTS = ROOT / "reports"
 
 

@@ -8,6 +8,7 @@ image whatever the number of worker processes.
 from __future__ import annotations
 
 import contextlib
+import functools
 import random
 from collections.abc import Iterator, Sequence
 
@@ -64,3 +65,11 @@ class CaptchaFactory:
         label = self.random_label(rng)
         with seeded_captcha(rng):
             return label, self.render(label)
+
+
+@functools.cache
+def factory_for(
+    charset: str, min_length: int, max_length: int, width: int, height: int, fonts: tuple[str, ...] = ()
+) -> CaptchaFactory:
+    """One renderer per process and shape: loading fonts costs more than drawing a captcha."""
+    return CaptchaFactory(charset, min_length, max_length, width, height, fonts)

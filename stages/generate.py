@@ -8,21 +8,15 @@ import shutil
 from captcha_mlops.parallel import parallel_map
 from captcha_mlops.params import DataParams, GenerateParams, load_params
 from captcha_mlops.paths import ORIGIN
-from captcha_mlops.synth import CaptchaFactory
+from captcha_mlops.synth import factory_for
 
 
 def write_sample(index: int, data: DataParams, generate: GenerateParams) -> str:
-    factory = _factory(data, tuple(generate.fonts))
+    factory = factory_for(data.charset, data.min_length, data.max_length, data.width, data.height, (*generate.fonts,))
     label, image = factory.sample(generate.seed, index)
     path = ORIGIN / f"{label}_{index:06d}.{generate.format}"
     image.save(path)
     return path.name
-
-
-@functools.cache
-def _factory(data: DataParams, fonts: tuple[str, ...]) -> CaptchaFactory:
-    """One renderer per worker process: loading fonts costs more than drawing a captcha."""
-    return CaptchaFactory(data.charset, data.min_length, data.max_length, data.width, data.height, fonts)
 
 
 def main() -> None:

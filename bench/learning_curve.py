@@ -1,0 +1,181 @@
+"""How many labelled images does a site need? Test accuracy against the number of labels, per own-data style.
+
+For each style of bench/styles.py and each label count N, does exactly what the README's own-images recipe
+tells a user to, in a temporary clone of this repo (the workspace is left as it is): N labelled images into
+`data/new/`, the `data.*` / `generate.*` keys of the recipe, `dvc repro evaluate`. The trained model is then
+scored on a separate test set of `--test-images` images of the style that no point ever trains on (the
+pipeline's own 5% test split of N images is too small to tell 0.99 from 0.95).
+
+All points share one DVC cache, so the `pretrain` stage runs once per style (shape and charset) and the
+other points reuse it from DVC's run cache, as a user's repeated `dvc repro` does. A point's `minutes` is its
+whole `dvc repro`, pretraining included where it ran. Runs are tracked in this repo's MLflow store
+(experiments `captcha-own_<style>`). Writes bench/results/learning_curve.json and learning_curve.png.
+
+    python -m bench.learning_curve                                   # both styles, 100..1600 labels
+    python -m bench.learning_curve --styles speckle5 --labels 200 1000
+    python -m bench.learning_curve --labels 200 --set pretrain.images=0   # the same without pretraining
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import yaml
+from PIL import Image
+
+from bench.styles import STYLES, Style
+from captcha_mlops.labels import label_from_name
+from captcha_mlops.metrics import text_accuracies
+from captcha_mlops.paths import ROOT, tracking_uri
+
+RESULTS = ROOT / "bench" / "results"
+TEST_SEED, LABELLED_SEED = 1, 2  # separate image streams: no test image is ever a labelled one
+
+
+def recipe(style: Style) -> dict[str, Any]:
+    """The README's own-images recipe for a style: the only keys a user sets."""
+    return {
+        "data.name": f"own_{style.name}",
+        "data.charset_from_data": True,
+        "data.min_length": style.min_length,
+        "data.max_length": style.max_length,
+        "data.width": style.width,
+        "data.height": style.height,
+        "generate.count": 0,
+    }
+
+
+def apply(params: dict, overrides: dict[str, Any]) -> dict:
+    for dotted, value in overrides.items():
+        section, key = dotted.split(".", 1)
+        if key not in params[section]:
+            raise SystemExit(f"{dotted} is not a key of params.yaml")
+        params[section][key] = value
+    return params
+
+
+def score(model_dir: Path, test_paths: list[Path]) -> tuple[float, float]:
+    """(char, image) accuracy of a trained model on the style's held-out test images."""
+    from captcha_mlops.recognizer import Recognizer  # TensorFlow only once a model is scored
+
+    recognizer = Recognizer.load(model_dir)
+    guesses = []
+    for start in range(0, len(test_paths), 256):
+        images = [Image.open(path) for path in test_paths[start : start + 256]]
+        guesses += [reading.text for reading in recognizer.read_images(images)]
+    return text_accuracies([label_from_name(p) for p in test_paths], guesses)
+
+
+def run_point(style: Style, labels: int, pool: list[Path], tests: list[Path], cache: Path, extra: dict) -> dict:
+    overrides = {**recipe(style), **extra}
+    with tempfile.TemporaryDirectory(prefix="curve-") as workdir:
+        clone = Path(workdir) / "repo"
+        subprocess.run(["git", "clone", "-q", str(ROOT), str(clone)], check=True)
+        (clone / "data" / "new").mkdir(parents=True, exist_ok=True)
+        for path in pool[:labels]:
+            shutil.copyfile(path, clone / "data" / "new" / path.name)
+        params_file = clone / "params.yaml"
+        params_file.write_text(yaml.safe_dump(apply(yaml.safe_load(params_file.read_text()), overrides)))
+        venv_bin = Path(sys.executable).parent  # dvc, and the python its stages run
+        env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri(), "DVC_NO_ANALYTICS": "1"}
+        env["PATH"] = f"{venv_bin}{os.pathsep}{env['PATH']}"
+        subprocess.run(["dvc", "cache", "dir", str(cache)], cwd=clone, env=env, check=True)
+        started = time.monotonic()
+        subprocess.run(["dvc", "repro", "evaluate"], cwd=clone, env=env, check=True)
+        minutes = (time.monotonic() - started) / 60
+        char_accuracy, image_accuracy = score(clone / "models", tests)
+        trained = json.loads((clone / "reports" / "train_metrics.json").read_text())
+        pretrained = json.loads((clone / "models" / "pretrained" / "pretrained.json").read_text())
+    return {
+        "style": style.name,
+        "labels": labels,
+        "test_images": len(tests),
+        "test_image_accuracy": round(image_accuracy, 4),
+        "test_char_accuracy": round(char_accuracy, 4),
+        "minutes": round(minutes, 1),
+        "overrides": overrides,
+        "train": trained,
+        "pretrained_run_id": pretrained["run_id"],
+    }
+
+
+def plot(points: list[dict], path: Path) -> None:
+    figure, axis = plt.subplots(figsize=(7, 4.2))
+    series: dict[tuple[str, bool], list[dict]] = {}
+    for point in points:
+        key = (point["style"], "pretrain.images" in point["overrides"])
+        series.setdefault(key, []).append(point)
+    for (style, changed), rows in sorted(series.items()):
+        rows.sort(key=lambda row: row["labels"])
+        label = f"{style}, no pretraining" if changed else style
+        axis.plot([r["labels"] for r in rows], [r["test_image_accuracy"] for r in rows], "o-", label=label)
+    axis.set_xscale("log")
+    axis.set_xlabel("labelled images (README recipe, nothing tuned)")
+    axis.set_ylabel("test image accuracy")
+    axis.set_ylim(0, 1.02)
+    axis.axhline(0.99, color="grey", linewidth=0.8, linestyle=":")
+    axis.grid(alpha=0.3)
+    axis.legend()
+    axis.set_title("How many labelled captchas a site needs")
+    figure.tight_layout()
+    figure.savefig(path, dpi=90)
+    plt.close(figure)
+
+
+def parse_value(text: str) -> Any:
+    return yaml.safe_load(text)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--styles", nargs="+", default=list(STYLES), choices=list(STYLES))
+    parser.add_argument("--labels", nargs="+", type=int, default=[100, 200, 400, 1000, 1600])
+    parser.add_argument("--test-images", type=int, default=400)
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="more params.yaml overrides")
+    parser.add_argument("--out", type=Path, default=RESULTS / "learning_curve.json", help="adds to it if it exists")
+    args = parser.parse_args()
+    extra = {key: parse_value(value) for key, value in (item.split("=", 1) for item in args.set)}
+
+    previous = json.loads(args.out.read_text())["points"] if args.out.exists() else []
+    points = []
+    with tempfile.TemporaryDirectory(prefix="curve-data-") as workdir:
+        cache = Path(workdir) / "dvc-cache"
+        for name in args.styles:
+            style = STYLES[name]
+            tests = style.write(Path(workdir) / name / "test", args.test_images, TEST_SEED)
+            pool = style.write(Path(workdir) / name / "labelled", max(args.labels), LABELLED_SEED)
+            for labels in sorted(args.labels):
+                point = run_point(style, labels, pool, tests, cache, extra)
+                print(f"bench: {json.dumps({k: v for k, v in point.items() if k != 'train'})}", flush=True)
+                points.append(point)
+
+    measured = {(p["style"], p["labels"], json.dumps(p["overrides"], sort_keys=True)) for p in points}
+    kept = [
+        p for p in previous if (p["style"], p["labels"], json.dumps(p["overrides"], sort_keys=True)) not in measured
+    ]
+    results = {
+        "command": "python -m bench.learning_curve " + " ".join(sys.argv[1:]),
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores",
+        "points": sorted(kept + points, key=lambda p: (p["style"], json.dumps(p["overrides"]), p["labels"])),
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2) + "\n")
+    plot(results["points"], args.out.with_suffix(".png"))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,119 @@
+"""Own-data captcha styles for the benchmarks: drawn by hand with Pillow, unlike the `captcha` library's.
+
+Each stands for a real site a user might face; both differ from the library the pipeline pretrains on, and
+from each other, in size, length, charset, fonts, colours and noise:
+
+- `speckle5`: 200x50, 5 characters of 23456789A-Z (no I/O), dark glyphs in two fonts rotated ±30° on a light
+  speckled background, crossing lines, blur, JPEG.
+- `overlap6`: 160x60, 4 to 6 characters of lowercase letters and digits without look-alikes, light serif and
+  italic glyphs that overlap their neighbours on a dark gradient, a sine warp, arcs, PNG.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import random
+from collections.abc import Callable
+from pathlib import Path
+
+import matplotlib
+from captcha.image import DEFAULT_FONTS
+from PIL import Image, ImageDraw, ImageFilter, ImageFont
+
+MATPLOTLIB_FONTS = Path(matplotlib.get_data_path()) / "fonts" / "ttf"
+
+
+@dataclasses.dataclass(frozen=True)
+class Style:
+    name: str
+    charset: str
+    min_length: int
+    max_length: int
+    width: int
+    height: int
+    suffix: str
+    draw: Callable[[str, random.Random], Image.Image]
+
+    def label(self, rng: random.Random) -> str:
+        return "".join(rng.choice(self.charset) for _ in range(rng.randint(self.min_length, self.max_length)))
+
+    def write(self, folder: Path, count: int, seed: int) -> list[Path]:
+        """`count` labelled images `label_serial.suffix` in `folder`, the same for the same seed."""
+        rng = random.Random(f"{self.name}:{seed}")
+        folder.mkdir(parents=True, exist_ok=True)
+        paths = []
+        for index in range(count):
+            label = self.label(rng)
+            path = folder / f"{label}_{seed}-{index:05d}.{self.suffix}"
+            image = self.draw(label, rng)
+            image.save(path, **({"quality": rng.randint(60, 90)} if self.suffix == "jpg" else {}))
+            paths.append(path)
+        return paths
+
+
+def draw_speckle5(label: str, rng: random.Random) -> Image.Image:
+    width, height = 200, 50
+    image = Image.new("RGB", (width, height), tuple(rng.randint(200, 255) for _ in range(3)))
+    draw = ImageDraw.Draw(image)
+    for _ in range(rng.randint(150, 300)):  # speckle
+        xy = (rng.randrange(width), rng.randrange(height))
+        draw.point(xy, fill=tuple(rng.randint(100, 220) for _ in range(3)))
+    step = (width - 20) / len(label)
+    for index, char in enumerate(label):
+        size = rng.randint(28, 36)
+        font = rng.choice([ImageFont.truetype(DEFAULT_FONTS[0], size), ImageFont.load_default(size)])
+        glyph = Image.new("RGBA", (48, 52), (0, 0, 0, 0))
+        ImageDraw.Draw(glyph).text((8, 2), char, font=font, fill=(*[rng.randint(0, 110) for _ in range(3)], 255))
+        glyph = glyph.rotate(rng.uniform(-30, 30), resample=Image.Resampling.BICUBIC)
+        image.paste(glyph, (int(10 + index * step + rng.uniform(-4, 4)), rng.randint(-6, 2)), glyph)
+    for _ in range(rng.randint(2, 4)):  # interference lines crossing the text
+        points = [(0, rng.randrange(height)), (width // 2, rng.randrange(height)), (width, rng.randrange(height))]
+        draw.line(points, fill=tuple(rng.randint(40, 160) for _ in range(3)), width=rng.randint(1, 2))
+    return image.filter(ImageFilter.GaussianBlur(rng.uniform(0.0, 0.8)))
+
+
+OVERLAP6_FONTS = ("DejaVuSerif-Bold.ttf", "DejaVuSerif-BoldItalic.ttf", "STIXGeneralBol.ttf", "cmb10.ttf")
+
+
+def draw_overlap6(label: str, rng: random.Random) -> Image.Image:
+    width, height = 160, 60
+    top, bottom = [tuple(rng.randint(10, 90) for _ in range(3)) for _ in range(2)]
+    image = Image.new("RGB", (width, height))
+    draw = ImageDraw.Draw(image)
+    for y in range(height):  # vertical gradient
+        t = y / (height - 1)
+        draw.line([(0, y), (width, y)], fill=tuple(round(a + (b - a) * t) for a, b in zip(top, bottom)))
+    font_file = str(MATPLOTLIB_FONTS / rng.choice(OVERLAP6_FONTS))
+    text = Image.new("RGBA", (width, height), (0, 0, 0, 0))
+    x = rng.uniform(4, 14)
+    advance = (width - 2 * x) / len(label)
+    for char in label:
+        font = ImageFont.truetype(font_file, rng.randint(30, 38))
+        glyph = Image.new("RGBA", (50, 60), (0, 0, 0, 0))
+        colour = (*[rng.randint(170, 255) for _ in range(3)], 255)
+        ImageDraw.Draw(glyph).text((10, 4), char, font=font, fill=colour)
+        glyph = glyph.rotate(rng.uniform(-15, 15), resample=Image.Resampling.BICUBIC)
+        text.alpha_composite(glyph, (int(x) - 10, rng.randint(-2, 8)))
+        x += advance * rng.uniform(0.75, 0.95)  # less than a glyph's width: neighbours overlap
+    phase, amplitude = rng.uniform(0, 2 * math.pi), rng.uniform(1.5, 3.5)
+    warped = Image.new("RGBA", (width, height), (0, 0, 0, 0))
+    for column in range(width):  # sine warp: each column shifted up or down
+        shift = round(amplitude * math.sin(phase + column / 12))
+        warped.paste(text.crop((column, 0, column + 1, height)), (column, shift))
+    image.paste(warped, (0, 0), warped)
+    for _ in range(rng.randint(2, 3)):  # arcs through the text
+        box = sorted(rng.randint(-40, width + 40) for _ in range(2))
+        vertical = sorted(rng.randint(-20, height + 20) for _ in range(2))
+        box = [box[0], vertical[0], box[1] + 20, vertical[1] + 20]
+        draw.arc(box, rng.randint(0, 180), rng.randint(180, 360), fill=(200, 200, 200), width=rng.randint(1, 2))
+    return image
+
+
+STYLES = {
+    style.name: style
+    for style in (
+        Style("speckle5", "23456789ABCDEFGHJKLMNPQRSTUVWXYZ", 5, 5, 200, 50, "jpg", draw_speckle5),
+        Style("overlap6", "abcdefhjkmnprstuvwxy345678", 4, 6, 160, 60, "png", draw_overlap6),
+    )
+}

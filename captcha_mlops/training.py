@@ -1,0 +1,285 @@
+"""How a network is fitted, shared by the `pretrain` and `train` stages.
+
+The budget is `train.steps` optimizer steps, whatever the number of images: 1,000 labelled images get as
+many updates as 20,000 generated ones, where an epoch budget gave them 1/20 as many and stopped a run before it
+had started learning. Validation runs every `train.validate_every` steps; a Keras "epoch" is that interval.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import time
+from pathlib import Path
+
+import keras
+import mlflow
+import numpy as np
+import tensorflow as tf
+
+from captcha_mlops.metrics import char_accuracy, image_accuracy
+from captcha_mlops.model import ctc_loss, on_decoded, training_model
+from captcha_mlops.params import TrainParams
+
+# Fewer images than this many batches' worth halve the batch (down to SMALLEST_BATCH): a small set is seen
+# in more, noisier steps, which generalizes better than a few large ones (bench/results/learning_curve.json).
+BATCHES_PER_PASS = 16
+SMALLEST_BATCH = 16
+# A validation set smaller than this is too coarse to stop on (one image of 10 moves accuracy by 0.1).
+SMALLEST_VALIDATION = 30
+# Below this best validation image accuracy, a run has not learned to read (see `not_learning_hint`).
+NOT_LEARNING = 0.05
+VALIDATION_BATCH = 256
+
+
+def batch_size_for(train_images: int, largest: int) -> int:
+    """`largest`, halved while the set holds fewer than BATCHES_PER_PASS batches (never below SMALLEST_BATCH)."""
+    size = largest
+    while size > SMALLEST_BATCH and size * BATCHES_PER_PASS > train_images:
+        size //= 2
+    return size
+
+
+def validation_count(images: int, ratio: float) -> int:
+    """`ratio` of the images, but at least SMALLEST_VALIDATION where that leaves 4/5 of them to train on."""
+    return max(1, round(images * ratio), min(SMALLEST_VALIDATION, images // 5))
+
+
+def make_dataset(
+    images: np.ndarray,
+    targets: np.ndarray,
+    num_classes: int,
+    batch_size: int,
+    *,
+    training: bool,
+    seed: int,
+    augment: bool = True,
+) -> tf.data.Dataset:
+    """Batches of (uint8 image, one-hot target); for training shuffled, endless and (`augment`) augmented."""
+    dataset = tf.data.Dataset.from_tensor_slices((images, targets))
+    if training:
+        dataset = dataset.shuffle(len(images), seed=seed, reshuffle_each_iteration=True).repeat()
+    dataset = dataset.batch(batch_size)
+    jitter = augmentation(seed) if training and augment else None
+
+    def prepare(x: tf.Tensor, y: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        if jitter is not None:
+            x = tf.cast(tf.clip_by_value(tf.round(jitter(tf.cast(x, tf.float32), training=True)), 0, 255), tf.uint8)
+        return x, tf.one_hot(y, num_classes)
+
+    return dataset.map(prepare, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+
+
+def augmentation(seed: int) -> keras.Sequential:
+    """Small geometric and contrast jitter: real sites crop and scale captchas a little differently."""
+    return keras.Sequential(
+        [
+            keras.layers.RandomTranslation(0.06, 0.04, fill_mode="nearest", seed=seed),
+            keras.layers.RandomRotation(0.015, fill_mode="nearest", seed=seed),
+            keras.layers.RandomContrast(0.2, value_range=(0, 255), seed=seed),
+        ],
+        name="augment",
+    )
+
+
+def compile_model(model: keras.Model, train: TrainParams, steps: int, arch: str) -> None:
+    """Loss, metrics and optimizer for `steps` optimizer steps.
+
+    The learning rate warms up over the first tenth of the steps (early batch-norm statistics are wild), then
+    follows a cosine to 1% of its peak. Gradients are clipped to norm 1: CTC through the GRU now and then
+    gives a batch a gradient tens of times the usual size, and one such step at the peak rate undid epochs of
+    validation accuracy (0.74 -> 0.28 in the main job before clipping).
+    """
+    metrics = [char_accuracy, image_accuracy]
+    if arch == "seed":
+        # As the original: independent sigmoids, binary cross-entropy, Adam at a fixed 1e-4.
+        model.compile(keras.optimizers.Adam(1e-4), keras.losses.BinaryCrossentropy(), metrics=metrics)
+        return
+    warmup = max(1, steps // 10)
+    schedule = keras.optimizers.schedules.CosineDecay(
+        initial_learning_rate=train.learning_rate / 10,
+        warmup_target=train.learning_rate,
+        warmup_steps=warmup,
+        decay_steps=max(1, steps - warmup),
+        alpha=0.01,
+    )
+    loss = keras.losses.CategoricalCrossentropy(label_smoothing=train.label_smoothing)
+    if arch == "ctc":
+        loss, metrics = ctc_loss, [on_decoded(metric) for metric in metrics]
+    optimizer = keras.optimizers.AdamW(schedule, weight_decay=1e-4, global_clipnorm=1.0)
+    model.compile(optimizer, loss, metrics=metrics)
+
+
+def validation_rounds(train: TrainParams) -> int:
+    """Validation rounds in the budget; the budget is rounded up to a whole number of them."""
+    return math.ceil(train.steps / train.validate_every)
+
+
+class StepLog(keras.callbacks.Callback):
+    """Every validation round's metrics, by optimizer step: to MLflow and to a CSV file (`dvc plots`)."""
+
+    def __init__(self, csv_path: Path, every_n_steps: int) -> None:
+        super().__init__()
+        self.csv_path = csv_path
+        self.every_n_steps = every_n_steps
+
+    def step(self) -> int:
+        return int(self.model.optimizer.iterations.numpy())
+
+    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+        step = self.step()
+        if logs and step % self.every_n_steps == 0:
+            mlflow.log_metrics({f"step_{k}": float(v) for k, v in logs.items()}, step=step, synchronous=False)
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        row = {"step": self.step(), **{k: round(float(v), 5) for k, v in (logs or {}).items()}}
+        row["learning_rate"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+        mlflow.log_metrics({k: v for k, v in row.items() if k != "step"}, step=row["step"], synchronous=False)
+        is_new = not self.csv_path.exists()
+        with self.csv_path.open("a", newline="") as file:
+            writer = csv.DictWriter(file, fieldnames=list(row))
+            if is_new:
+                writer.writeheader()
+            writer.writerow(row)
+
+
+class PlateauStop(keras.callbacks.Callback):
+    """Stop once validation image accuracy has not improved for `patience_steps`; keep the best weights.
+
+    Patience only counts once the run has read some validation captcha right: a run still at 0 has not
+    started learning (small sets take a few hundred steps to), it has not plateaued. Nor does it count
+    before `start_step`, while the warm-up's high learning rate still shakes validation accuracy.
+    """
+
+    def __init__(self, patience_steps: int, start_step: int) -> None:
+        super().__init__()
+        self.patience_steps = patience_steps
+        self.start_step = start_step
+        self.best = 0.0
+        self.best_step = 0
+        self.best_weights: list | None = None
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        accuracy = float((logs or {}).get("val_image_accuracy", 0.0))
+        step = int(self.model.optimizer.iterations.numpy())
+        if accuracy > self.best or self.best_weights is None:
+            self.best, self.best_step = max(accuracy, self.best), step
+            self.best_weights = self.model.get_weights()
+        elif self.best > 0 and step >= self.start_step and step - self.best_step >= self.patience_steps:
+            print(f"\nno validation improvement for {step - self.best_step} steps: stopping")
+            self.model.stop_training = True
+
+    def on_train_end(self, logs: dict | None = None) -> None:
+        if self.best_weights is not None:
+            self.model.set_weights(self.best_weights)
+
+
+class StopAtAccuracy(keras.callbacks.Callback):
+    """The seed's acc_stop: good enough is good enough."""
+
+    def __init__(self, target: float) -> None:
+        super().__init__()
+        self.target = target
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        if (logs or {}).get("val_image_accuracy", 0.0) >= self.target:
+            print(f"\nval_image_accuracy reached acc_stop={self.target}: stopping")
+            self.model.stop_training = True
+
+
+class TimeBudget(keras.callbacks.Callback):
+    """Stop after the first validation round that ends past `minutes` (to compare models at equal cost)."""
+
+    def __init__(self, minutes: float) -> None:
+        super().__init__()
+        self.seconds = minutes * 60
+        self.started = time.monotonic()
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        if self.seconds and time.monotonic() - self.started >= self.seconds:
+            print(f"\ntime budget of {self.seconds / 60:g} minutes used: stopping")
+            self.model.stop_training = True
+
+
+def stops(train: TrainParams) -> list[keras.callbacks.Callback]:
+    """The ways a run ends before its budget: plateau, target accuracy, wall-clock time."""
+    return [
+        PlateauStop(train.patience_steps, start_step=train.steps // 3),
+        StopAtAccuracy(train.acc_stop),
+        TimeBudget(train.max_minutes),
+    ]
+
+
+def not_learning_hint(best_val_image_accuracy: float, train_images: int, charset: str) -> str | None:
+    """What to check when a run did not learn to read (None when it did)."""
+    if best_val_image_accuracy >= NOT_LEARNING:
+        return None
+    return (
+        f"training did not learn to read: best validation image accuracy {best_val_image_accuracy:.3f} "
+        f"after training on {train_images} images. Check, in this order:\n"
+        "  - labels: open a few images in data/split/train.csv and compare them with their label;\n"
+        f"  - charset: {len(charset)} characters in data/split/charset.txt ({charset[:60]!r}); a wrong "
+        "data.charset or mixed-case labels double the classes;\n"
+        "  - image size and length: data.width/height should keep the characters legible, "
+        "data.min_length/max_length match the labels;\n"
+        "  - more labels: see the README's 'How many images do I need?'."
+    )
+
+
+def fit(
+    model: keras.Model,
+    images: np.ndarray,
+    targets: np.ndarray,
+    num_classes: int,
+    arch: str,
+    train: TrainParams,
+    log_csv: Path,
+    checkpoints: Path | None = None,
+) -> dict[str, float]:
+    """Train `model` for `train.steps` steps (or until a stop), hold out a validation set, return a summary.
+
+    `checkpoints`: a folder to save every validation round to and resume from after an interruption.
+    """
+    order = np.random.default_rng(train.seed).permutation(len(images))
+    n_val = validation_count(len(images), train.validation_ratio)
+    val_idx, train_idx = order[:n_val], order[n_val:]
+    batch_size = batch_size_for(len(train_idx), train.batch_size)  # the largest, for a large set
+    train_ds = make_dataset(
+        images[train_idx],
+        targets[train_idx],
+        num_classes,
+        batch_size,
+        training=True,
+        seed=train.seed,
+        augment=train.augment,
+    )
+    val_ds = make_dataset(
+        images[val_idx], targets[val_idx], num_classes, VALIDATION_BATCH, training=False, seed=train.seed
+    )
+    trained = training_model(model)  # shares the model's layers: fitting it trains the model
+    compile_model(trained, train, validation_rounds(train) * train.validate_every, arch)
+    mlflow.log_params(
+        {"train_images": len(train_idx), "validation_images": n_val, "batch_size_used": batch_size},
+        synchronous=False,
+    )
+    print(f"fit: {len(train_idx)} train / {n_val} validation images, batch {batch_size}, {train.steps} steps")
+    callbacks = [StepLog(log_csv, train.log_every_n_steps), *stops(train)]
+    if checkpoints is not None:
+        callbacks.insert(0, keras.callbacks.BackupAndRestore(str(checkpoints)))
+    started = time.monotonic()
+    history = trained.fit(
+        train_ds,
+        validation_data=val_ds,
+        epochs=validation_rounds(train),
+        steps_per_epoch=train.validate_every,
+        verbose=2,
+        callbacks=callbacks,
+    )
+    return {
+        "steps": int(trained.optimizer.iterations.numpy()),
+        "batch_size": batch_size,
+        "train_images": len(train_idx),
+        "train_seconds": round(time.monotonic() - started, 1),
+        "val_image_accuracy": max(history.history["val_image_accuracy"]),
+        "val_char_accuracy": max(history.history["val_char_accuracy"]),
+    }

@@ -1,0 +1,95 @@
+"""Stage 3: pretrain the network on synthetic captchas of the data's shape, for `train` to start from.
+
+A few hundred labelled images of a site are too few to learn glyphs and reading order from scratch; the
+`captcha` library draws as many as we like of the same size, lengths and charset. So when the training set
+is the user's own images (`generate.count: 0`), this stage renders `pretrain.images` captchas in memory and
+trains `pretrain.steps` steps on them, in an MLflow run of its own (tag stage=pretrain). It depends only on
+the shape, charset and params, not on the labelled images: DVC makes it once per shape and charset and
+reuses it (its run cache restores it when you come back to one) while labels are added and retrained.
+
+With generated captchas in the training set (`generate.count > 0`) pretraining on more of them adds
+nothing, so the stage records that it was skipped and `train` starts from scratch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import shutil
+import time
+
+import mlflow
+import numpy as np
+
+from captcha_mlops.labels import Codec
+from captcha_mlops.model import build_model
+from captcha_mlops.parallel import parallel_map
+from captcha_mlops.params import DataParams, Params, load_params
+from captcha_mlops.paths import PRETRAINED, SPLIT
+from captcha_mlops.preprocess import to_array
+from captcha_mlops.synth import factory_for
+from captcha_mlops.tracking import use_experiment
+from captcha_mlops.training import fit
+
+RECORD = PRETRAINED / "pretrained.json"
+WEIGHTS = PRETRAINED / "model.weights.h5"
+
+
+def synthesize(index: int, data: DataParams, charset: str, fonts: tuple[str, ...], seed: int) -> tuple[str, bytes]:
+    factory = factory_for(charset, data.min_length, data.max_length, data.width, data.height, fonts)
+    label, image = factory.sample(seed, index)
+    return label, to_array(image, data.width, data.height).tobytes()
+
+
+def skip_reason(params: Params) -> str | None:
+    if params.generate.count > 0:
+        return "generate.count > 0: the training set already holds generated captchas"
+    if params.pretrain.images == 0:
+        return "pretrain.images is 0"
+    return None
+
+
+def pretrain(params: Params, charset: str) -> dict:
+    data = params.data
+    count = params.pretrain.images
+    task = functools.partial(
+        synthesize, data=data, charset=charset, fonts=(*params.generate.fonts,), seed=params.generate.seed
+    )
+    samples = list(parallel_map(task, range(count), total=count, workers=params.generate.workers, desc="synthesize"))
+    images = np.frombuffer(b"".join(pixels for _, pixels in samples), np.uint8).reshape(
+        count, data.height, data.width, 1
+    )
+    codec = Codec(charset, data.max_length)
+    targets = codec.encode_many(label for label, _ in samples)
+
+    model = build_model(params.model, data.height, data.width, data.max_length, codec.num_classes)
+    pretraining = params.pretrain
+    train = dataclasses.replace(
+        params.train, steps=pretraining.steps, batch_size=pretraining.batch_size, max_minutes=0.0
+    )
+    use_experiment(data.name)
+    with mlflow.start_run(run_name=f"pretrain-{time.strftime('%Y%m%d-%H%M%S')}") as run:
+        mlflow.set_tags({"stage": "pretrain", "arch": params.model.arch})
+        mlflow.log_params({f"pretrain.{k}": v for k, v in dataclasses.asdict(params.pretrain).items()})
+        mlflow.log_params({k: v for k, v in params.as_flat_dict().items() if k.startswith(("data.", "model."))})
+        summary = fit(model, images, targets, codec.num_classes, params.model.arch, train, PRETRAINED / "log.csv")
+        model.save_weights(WEIGHTS)
+        mlflow.log_artifacts(str(PRETRAINED), artifact_path="pretrained")
+    return {"run_id": run.info.run_id, "images": count, "charset": charset, **summary}
+
+
+def main() -> None:
+    params = load_params()
+    shutil.rmtree(PRETRAINED, ignore_errors=True)
+    PRETRAINED.mkdir(parents=True)
+    if reason := skip_reason(params):
+        record = {"run_id": "", "skipped": reason}
+    else:
+        record = pretrain(params, (SPLIT / "charset.txt").read_text(encoding="utf-8"))
+    RECORD.write_text(json.dumps(record, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    print(f"pretrain: {record}")
+
+
+if __name__ == "__main__":
+    main()
