@@ -272,6 +272,7 @@ def fit(
         validation_data=val_ds,
         epochs=validation_rounds(train),
         steps_per_epoch=train.validate_every,
+        shuffle=False,  # make_dataset shuffles, reproducibly for train.seed
         verbose=2,
         callbacks=callbacks,
     )

@@ -35,7 +35,7 @@ RECORD = MODELS / "bento_model.json"
 
 
 class PackageError(RuntimeError):
-    """Nothing to package: no evaluated run with a logged model."""
+    """Nothing to package: no evaluated run with a logged model, or none good enough to serve."""
 
 
 def champion_run(client: mlflow.MlflowClient, experiment_name: str) -> tuple[Run, str]:
@@ -81,7 +81,18 @@ def latest_bento_model(tag_name: str) -> bentoml.Model | None:
         return None
 
 
-def package(captcha_type: str) -> dict[str, Any]:
+def check_floor(run: Run, floor: float) -> None:
+    """A champion that reads too few captchas right is no champion: refuse to promote or serve it."""
+    accuracy = run.data.metrics[METRIC]
+    if accuracy < floor:
+        raise PackageError(
+            f"the best run ({run.info.run_id}) reads {accuracy:.3f} of its test captchas right, below "
+            f"package.min_test_image_accuracy={floor}: not promoted to {ALIAS!r}, nothing packaged. "
+            "See what `train` said about the run; more labelled images usually help (README: how many images)."
+        )
+
+
+def package(captcha_type: str, min_accuracy: float) -> dict[str, Any]:
     """Register the champion of `captcha_type` and make it BentoML's latest `captcha-<type>`; return the record.
 
     The record depends only on what is packaged, so packaging the same champion again rewrites it byte for byte
@@ -90,6 +101,7 @@ def package(captcha_type: str) -> dict[str, Any]:
     client = mlflow.MlflowClient()
     name = registered_name(captcha_type)
     run, model_uri = champion_run(client, name)
+    check_floor(run, min_accuracy)
     version = register_champion(client, name, run, model_uri)
     labels = {
         "captcha_type": captcha_type,
@@ -126,9 +138,13 @@ def main() -> None:
     parser.add_argument("--name", help="captcha type (default: data.name in params.yaml)")
     parser.add_argument("--record", type=Path, help=f"where to write the record (default: {RECORD} for data.name)")
     args = parser.parse_args()
-    params_name = load_params().data.name
+    params = load_params()
+    params_name = params.data.name
     captcha_type = args.name or params_name
-    record = package(captcha_type)
+    try:
+        record = package(captcha_type, params.package.min_test_image_accuracy)
+    except PackageError as error:
+        raise SystemExit(f"package: {error}") from None
     record_path = args.record or (RECORD if captcha_type == params_name else None)
     if record_path is not None:
         record_path.parent.mkdir(parents=True, exist_ok=True)

@@ -11,7 +11,7 @@ from captcha_mlops.model import build_model, ctc_loss, greedy_ctc_decode, traini
 from captcha_mlops.params import ModelParams, TrainParams
 from captcha_mlops.recognizer import ModelMeta, Recognizer
 from captcha_mlops.synth import CaptchaFactory
-from stages.train import compile_model, make_dataset
+from captcha_mlops.training import compile_model, make_dataset
 
 CODEC = Codec("abc", max_length=3)  # classes a, b, c and PAD (CTC's blank)
 BLANK = CODEC.pad
@@ -66,8 +66,9 @@ def test_every_arch_trains_saves_and_reads_in_the_same_form(arch: str, tmp_path:
 
     model = build_model(ModelParams(arch=arch), 40, 100, codec.max_length, codec.num_classes)
     trained = training_model(model)
-    compile_model(trained, TrainParams(epochs=1), steps_per_epoch=2, arch=arch)
-    history = trained.fit(make_dataset(images, targets, codec.num_classes, 32, training=True, seed=0), verbose=0)
+    compile_model(trained, TrainParams(steps=2), steps=2, arch=arch)
+    dataset = make_dataset(images, targets, codec.num_classes, 32, training=True, seed=0)
+    history = trained.fit(dataset, steps_per_epoch=2, verbose=0)
     assert np.isfinite(history.history["loss"]).all()
     assert {"char_accuracy", "image_accuracy"} <= history.history.keys()
 

@@ -17,17 +17,17 @@ def test_shipped_params_load_and_flatten() -> None:
     params = load_params(REPO / "params.yaml")
     assert params.data.width == 100 and params.data.height == 60
     assert params.verify_split.test_ratio == pytest.approx(1 / 20)  # the seed's 19:1
-    assert params.as_flat_dict()["train.epochs"] == params.train.epochs
+    assert params.as_flat_dict()["train.steps"] == params.train.steps
 
 
 def test_missing_sections_take_defaults(tmp_path: Path) -> None:
-    assert load_params(write(tmp_path, {"train": {"epochs": 3}})) == Params(train=Params().train.__class__(epochs=3))
+    assert load_params(write(tmp_path, {"train": {"steps": 3}})) == Params(train=Params().train.__class__(steps=3))
 
 
 @pytest.mark.parametrize(
     ("params", "message"),
     [
-        ({"train": {"epochs": "ten"}}, "train.epochs: expected int, got 'ten'"),
+        ({"train": {"steps": "ten"}}, "train.steps: expected int, got 'ten'"),
         ({"train": {"epoch": 3}}, "unknown key train.epoch"),
         ({"trian": {}}, "unknown key trian"),
         ({"data": {"count": 500}}, "unknown key data.count .* did you mean generate.count"),

@@ -23,7 +23,7 @@ def test_repro_writes_data_models_metrics_and_an_mlflow_run(pipeline_project: Pa
 
     mlflow.set_tracking_uri(project_env(root)["MLFLOW_TRACKING_URI"])
     run_data = mlflow.get_run(meta["run_id"]).data
-    assert run_data.params["train.epochs"] == "1"
+    assert run_data.params["train.steps"] == "20"
     assert "test_image_accuracy" in run_data.metrics and "val_image_accuracy" in run_data.metrics
     history = mlflow.MlflowClient().get_metric_history(meta["run_id"], "step_loss")
     assert history, "per-step training loss is logged"
@@ -40,7 +40,7 @@ def test_experiment_shows_in_dvc_and_mlflow(pipeline_project: Path) -> None:
     # No MLFLOW_TRACKING_URI: the default store must be found from inside DVC's temporary copy of the repo.
     env = {k: v for k, v in project_env(root).items() if k != "MLFLOW_TRACKING_URI"}
     run(
-        ["dvc", "exp", "run", "--temp", "-n", "more-data", "-S", "generate.count=340", "-S", "train.epochs=2"],
+        ["dvc", "exp", "run", "--temp", "-n", "more-data", "-S", "generate.count=340", "-S", "train.steps=30"],
         root,
         env,
     )
@@ -48,5 +48,5 @@ def test_experiment_shows_in_dvc_and_mlflow(pipeline_project: Path) -> None:
     names = [exp["name"] for rev in experiments for exp in (rev.get("experiments") or [])]
     assert "more-data" in names
     mlflow.set_tracking_uri(project_env(root)["MLFLOW_TRACKING_URI"])
-    runs = mlflow.search_runs(experiment_names=["captcha-alnum4"], filter_string="params.`train.epochs` = '2'")
+    runs = mlflow.search_runs(experiment_names=["captcha-alnum4"], filter_string="params.`train.steps` = '30'")
     assert len(runs) == 1 and runs.iloc[0]["metrics.test_image_accuracy"] >= 0

@@ -44,8 +44,8 @@ def test_interrupted_training_resumes_in_the_same_mlflow_run(project_factory: Ca
 
 
 def test_a_bad_param_stops_the_stage_naming_the_key(tmp_path: Path) -> None:
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"train": {"epochs": "many"}}))
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"train": {"steps": "many"}}))
     result = subprocess.run([sys.executable, "-m", "stages.generate"], cwd=tmp_path, capture_output=True, text=True)
     assert result.returncode != 0
-    assert "train.epochs: expected int, got 'many'" in result.stderr
+    assert "train.steps: expected int, got 'many'" in result.stderr
     assert not (tmp_path / "data").exists()

@@ -1,0 +1,99 @@
+"""The training loop: a budget in steps whatever the data size, small batches for small sets, stops that
+never end a run which has not started learning, and a clear word when a run learned nothing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import keras
+import mlflow
+import numpy as np
+import pytest
+
+from captcha_mlops.labels import Codec
+from captcha_mlops.model import build_model
+from captcha_mlops.params import ModelParams, TrainParams
+from captcha_mlops.training import PlateauStop, batch_size_for, fit, not_learning_hint, validation_count
+
+CODEC = Codec("0123456789", max_length=4)
+
+
+def random_set(count: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (count, 32, 64, 1), dtype=np.uint8)
+    labels = ["".join(rng.choice(list(CODEC.charset), 4)) for _ in range(count)]
+    return images, CODEC.encode_many(labels)
+
+
+@pytest.mark.parametrize("count", [60, 600])
+def test_the_budget_is_optimizer_steps_whatever_the_number_of_images(count: int, tmp_path: Path) -> None:
+    images, targets = random_set(count)
+    model = build_model(ModelParams(filters=[8, 8, 8]), 32, 64, CODEC.max_length, CODEC.num_classes)
+    train = TrainParams(steps=12, validate_every=4, batch_size=64, acc_stop=1.1)
+
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    with mlflow.start_run():
+        summary = fit(model, images, targets, CODEC.num_classes, "ctc", train, tmp_path / "log.csv")
+
+    assert summary["steps"] == 12
+    logged = np.genfromtxt(tmp_path / "log.csv", delimiter=",", names=True)
+    assert list(logged["step"]) == [4, 8, 12]
+    assert summary["batch_size"] == batch_size_for(summary["train_images"], 64)
+
+
+def test_small_sets_get_small_batches() -> None:
+    assert batch_size_for(19_000, 128) == 128
+    assert batch_size_for(950, 128) == 32  # a site's 1,000 labels: ~30 updates per pass
+    assert batch_size_for(100, 128) == 16  # never below 16: batch norm needs a few images
+    assert batch_size_for(100, 8) == 8  # a smaller largest is kept
+
+
+def test_validation_is_large_enough_to_stop_on() -> None:
+    assert validation_count(20_000, 0.05) == 1000
+    assert validation_count(950, 0.05) == 48
+    assert validation_count(200, 0.05) == 30  # 5% would be 10: one image would move accuracy by 0.1
+    assert validation_count(40, 0.05) == 8  # at most a fifth of a tiny set
+
+
+class Round:
+    """Drives a PlateauStop as `fit` would: one validation round at a time."""
+
+    def __init__(self, stop: PlateauStop, steps_per_round: int) -> None:
+        self.model = keras.Sequential([keras.Input((1,)), keras.layers.Dense(1)])
+        self.model.compile("sgd", "mse")
+        self.model.stop_training = False
+        self.stop, self.steps_per_round = stop, steps_per_round
+        stop.set_model(self.model)
+
+    def __call__(self, accuracy: float) -> bool:
+        self.model.optimizer.iterations.assign_add(self.steps_per_round)
+        self.model.layers[0].kernel.assign([[accuracy]])  # the weights record which round they are from
+        self.stop.on_epoch_end(0, {"val_image_accuracy": accuracy})
+        return self.model.stop_training
+
+
+def test_plateau_stop_waits_while_nothing_is_learned_then_stops_on_a_plateau_with_the_best_weights() -> None:
+    rounds = Round(PlateauStop(patience_steps=300, start_step=0), steps_per_round=100)
+    assert not any(rounds(0.0) for _ in range(20)), "2,000 steps at 0: not started learning, not a plateau"
+    assert not rounds(0.4)
+    assert not rounds(0.6)
+    assert not rounds(0.5)
+    assert not rounds(0.55)
+    assert rounds(0.58), "300 steps without beating 0.6"
+    rounds.stop.on_train_end()
+    assert rounds.model.layers[0].kernel.numpy()[0, 0] == pytest.approx(0.6), "the best round's weights are kept"
+
+
+def test_plateau_stop_does_not_stop_during_the_first_part_of_the_budget() -> None:
+    rounds = Round(PlateauStop(patience_steps=100, start_step=1000), steps_per_round=100)
+    assert not rounds(0.3)
+    assert not any(rounds(0.2) for _ in range(8)), "before step 1000"
+    assert rounds(0.2)
+
+
+def test_a_run_that_learned_nothing_is_told_what_to_check() -> None:
+    hint = not_learning_hint(0.0, 190, "23456789ABC")
+    assert hint is not None
+    for check in ("labels", "charset", "data.width", "more labels", "190 images"):
+        assert check in hint
+    assert not_learning_hint(0.5, 190, "23456789ABC") is None
