@@ -147,13 +147,19 @@ def main() -> None:
     parser.add_argument("--test-images", type=int, default=400)
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="more params.yaml overrides")
     parser.add_argument("--out", type=Path, default=RESULTS / "learning_curve.json", help="adds to it if it exists")
+    parser.add_argument(
+        "--dvc-cache",
+        type=Path,
+        default=Path(tempfile.gettempdir()) / "captcha-mlops-curve-cache",
+        help="the DVC cache all points share: kept, so a later run with the same code reuses its pretraining",
+    )
     args = parser.parse_args()
     extra = {key: parse_value(value) for key, value in (item.split("=", 1) for item in args.set)}
 
     previous = json.loads(args.out.read_text())["points"] if args.out.exists() else []
     points = []
     with tempfile.TemporaryDirectory(prefix="curve-data-") as workdir:
-        cache = Path(workdir) / "dvc-cache"
+        cache = args.dvc_cache
         for name in args.styles:
             style = STYLES[name]
             tests = style.write(Path(workdir) / name / "test", args.test_images, TEST_SEED)

@@ -29,7 +29,7 @@ from captcha_mlops.model import build_model
 from captcha_mlops.params import Params, load_params
 from captcha_mlops.paths import MODELS, REPORTS, ROOT, SPLIT
 from captcha_mlops.recognizer import MODEL_FILE, ModelMeta
-from captcha_mlops.tracking import use_experiment
+from captcha_mlops.tracking import log_manifests, use_experiment
 from captcha_mlops.training import fit, not_learning_hint
 from stages import pretrain
 
@@ -108,6 +108,7 @@ def main() -> None:
         device = "GPU" if tf.config.list_physical_devices("GPU") else "CPU"
         tags = {"device": device, "data_version": data_version(), "arch": params.model.arch, "stage": "train"}
         mlflow.set_tags({**tags, "pretrained_run_id": pretrained_run or "none"})
+        log_manifests({"training": SPLIT / "train.csv", "test": SPLIT / "test.csv"})
         summary = fit(model, images, targets, codec.num_classes, params.model.arch, train, TRAIN_LOG, CHECKPOINTS)
         save_model(model, params, codec, run.info.run_id)
         mlflow.log_metrics({f"best_{k}": v for k, v in summary.items() if k.startswith("val_")})

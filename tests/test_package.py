@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 
 import mlflow
@@ -68,3 +69,26 @@ def test_bentoml_build_packs_service_code_and_both_models(packaged: Packaged) ->
         assert (bento_dir / "src" / name).is_file(), name
     requirements = (bento_dir / "env/python/requirements.in").read_text()
     assert "tensorflow==2.21.0" in requirements and "bentoml==1.4.39" in requirements
+
+
+def test_package_refuses_a_champion_below_the_accuracy_floor(pipeline_project: Path) -> None:
+    root = pipeline_project
+    env = project_env(root)
+    mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
+    client = mlflow.MlflowClient()
+    champion = client.get_model_version_by_alias("captcha-alnum4", "champion")
+    params_file = root / "params.yaml"
+    shipped = params_file.read_text()
+    params = yaml.safe_load(shipped)
+    params["package"]["min_test_image_accuracy"] = 1.0  # the tiny run reads far fewer right
+    params_file.write_text(yaml.safe_dump(params))
+    try:
+        result = subprocess.run(
+            [str(BIN / "python"), "-m", "stages.package"], cwd=root, env=env, capture_output=True, text=True
+        )
+    finally:
+        params_file.write_text(shipped)
+    assert result.returncode != 0
+    assert "below package.min_test_image_accuracy=1.0: not promoted to 'champion'" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert client.get_model_version_by_alias("captcha-alnum4", "champion").version == champion.version

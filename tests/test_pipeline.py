@@ -27,6 +27,10 @@ def test_repro_writes_data_models_metrics_and_an_mlflow_run(pipeline_project: Pa
     assert "test_image_accuracy" in run_data.metrics and "val_image_accuracy" in run_data.metrics
     history = mlflow.MlflowClient().get_metric_history(meta["run_id"], "step_loss")
     assert history, "per-step training loss is logged"
+    # The UI opens on the runs (not the GenAI overview) and lists which images trained and tested the run.
+    assert mlflow.get_experiment_by_name("captcha-alnum4").tags["mlflow.experimentKind"] == "custom_model_development"
+    inputs = {(i.dataset.name, i.tags[0].value) for i in mlflow.get_run(meta["run_id"]).inputs.dataset_inputs}
+    assert inputs == {("split/train.csv", "training"), ("split/test.csv", "test")}
 
 
 def test_repro_again_is_a_no_op(pipeline_project: Path) -> None:

@@ -13,10 +13,12 @@ import yaml
 
 from tests.conftest import project_env, run
 
+RESUMABLE = {"train": {"steps": 30, "validate_every": 10, "batch_size": 32, "patience_steps": 100, "acc_stop": 1.1}}
 
-def test_interrupted_training_resumes_in_the_same_mlflow_run(project_factory: Callable[..., Path]) -> None:
-    root = project_factory("resume", {"train": {"epochs": 3, "batch_size": 32, "patience": 10, "acc_stop": 1.1}})
-    run(["dvc", "repro", "verify_split"], root)
+
+def interrupt_training(root: Path) -> str:
+    """Start `train`, kill it once it has saved a checkpoint (a crash, not a polite stop); its MLflow run id."""
+    run(["dvc", "repro", "pretrain"], root)
     checkpoint = root / "checkpoints/train/training_metadata.json"
     train = subprocess.Popen(
         [sys.executable, "-m", "stages.train"],
@@ -28,19 +30,42 @@ def test_interrupted_training_resumes_in_the_same_mlflow_run(project_factory: Ca
     deadline = time.monotonic() + 300
     while not checkpoint.exists() and train.poll() is None and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert checkpoint.exists(), "an epoch checkpoint is written while training"
-    train.send_signal(signal.SIGKILL)  # a crash, not a polite stop
+    assert checkpoint.exists(), "a checkpoint is written every validation round"
+    train.send_signal(signal.SIGKILL)
     train.wait()
-    run_id = (root / "checkpoints/train/mlflow_run_id").read_text()
+    return (root / "checkpoints/train/mlflow_run_id").read_text()
+
+
+def test_interrupted_training_resumes_in_the_same_mlflow_run(project_factory: Callable[..., Path]) -> None:
+    root = project_factory("resume", RESUMABLE)
+    run_id = interrupt_training(root)
 
     output = run([sys.executable, "-m", "stages.train"], root)
 
     assert f"resuming interrupted MLflow run {run_id}" in output
     assert json.loads((root / "models/meta.json").read_text())["run_id"] == run_id
     mlflow.set_tracking_uri(project_env(root)["MLFLOW_TRACKING_URI"])
-    epochs = [m.step for m in mlflow.MlflowClient().get_metric_history(run_id, "val_image_accuracy")]
-    assert sorted(set(epochs)) == [1, 2, 3] and len(epochs) < 6, "resumed where it stopped, not from scratch"
+    steps = [m.step for m in mlflow.MlflowClient().get_metric_history(run_id, "val_image_accuracy")]
+    assert sorted(set(steps)) == [10, 20, 30] and len(steps) < 6, "resumed where it stopped, not from scratch"
     assert not (root / "checkpoints/train").exists(), "checkpoints are removed once training completes"
+
+
+def test_changed_params_start_a_new_run_instead_of_resuming(project_factory: Callable[..., Path]) -> None:
+    root = project_factory("resume-changed", RESUMABLE)
+    old_run_id = interrupt_training(root)
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["train"]["learning_rate"] = 0.001
+    (root / "params.yaml").write_text(yaml.safe_dump(params))
+
+    output = run([sys.executable, "-m", "stages.train"], root)
+
+    assert "changed since the interrupted run: starting a new run" in output
+    new_run_id = json.loads((root / "models/meta.json").read_text())["run_id"]
+    assert new_run_id != old_run_id
+    mlflow.set_tracking_uri(project_env(root)["MLFLOW_TRACKING_URI"])
+    assert mlflow.get_run(new_run_id).data.params["train.learning_rate"] == "0.001"
+    steps = [m.step for m in mlflow.MlflowClient().get_metric_history(new_run_id, "val_image_accuracy")]
+    assert steps == [10, 20, 30], "trained from the start, none of the old run's steps"
 
 
 def test_a_bad_param_stops_the_stage_naming_the_key(tmp_path: Path) -> None:

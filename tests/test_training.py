@@ -13,7 +13,7 @@ import pytest
 from captcha_mlops.labels import Codec
 from captcha_mlops.model import build_model
 from captcha_mlops.params import ModelParams, TrainParams
-from captcha_mlops.training import PlateauStop, batch_size_for, fit, not_learning_hint, validation_count
+from captcha_mlops.training import PlateauStop, StopAtAccuracy, batch_size_for, fit, not_learning_hint, validation_count
 
 CODEC = Codec("0123456789", max_length=4)
 
@@ -89,6 +89,23 @@ def test_plateau_stop_does_not_stop_during_the_first_part_of_the_budget() -> Non
     assert not rounds(0.3)
     assert not any(rounds(0.2) for _ in range(8)), "before step 1000"
     assert rounds(0.2)
+
+
+def test_plateau_stop_prefers_the_same_accuracy_with_a_lower_loss() -> None:
+    rounds = Round(PlateauStop(patience_steps=300, start_step=0), steps_per_round=100)
+    for accuracy, loss in [(0.9, 0.5), (1.0, 0.3), (1.0, 0.1), (1.0, 0.2)]:
+        rounds.model.layers[0].kernel.assign([[loss]])
+        rounds.model.optimizer.iterations.assign_add(100)
+        rounds.stop.on_epoch_end(0, {"val_image_accuracy": accuracy, "val_loss": loss})
+    rounds.stop.on_train_end()
+    assert rounds.model.layers[0].kernel.numpy()[0, 0] == pytest.approx(0.1)
+
+
+def test_acc_stop_needs_a_validation_set_that_can_measure_it() -> None:
+    assert StopAtAccuracy(0.995, validation_images=1000).active
+    assert not StopAtAccuracy(0.995, validation_images=48).active  # all 48 right says little about 0.995
+    assert StopAtAccuracy(0.9, validation_images=48).active
+    assert not StopAtAccuracy(1.1, validation_images=10**6).active  # a target above 1 turns it off
 
 
 def test_a_run_that_learned_nothing_is_told_what_to_check() -> None:

@@ -1,0 +1,54 @@
+"""dvc.yaml lists every module a stage runs: a code change must re-run each stage whose results it can change."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import REPO
+
+PACKAGES = ("captcha_mlops", "stages")
+STAGES = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+
+
+def imported_files(module: Path) -> set[str]:
+    """The project's own source files that `module` imports directly, relative to the repo."""
+    files = set()
+    for node in ast.walk(ast.parse(module.read_text(encoding="utf-8"))):
+        names: list[str] = []
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names = [node.module] + [f"{node.module}.{alias.name}" for alias in node.names]
+        for name in names:
+            if name.split(".")[0] in PACKAGES and (REPO / f"{name.replace('.', '/')}.py").is_file():
+                files.add(f"{name.replace('.', '/')}.py")
+    return files
+
+
+def code_run_by(entry: str) -> set[str]:
+    """Every project source file that `python -m <entry>` imports, directly or not."""
+    seen: set[str] = set()
+    todo = [f"{entry.replace('.', '/')}.py"]
+    while todo:
+        path = todo.pop()
+        if path not in seen:
+            seen.add(path)
+            todo += imported_files(REPO / path)
+    return seen
+
+
+@pytest.mark.parametrize("name", sorted(STAGES))
+def test_a_stage_depends_on_all_the_code_it_runs(name: str) -> None:
+    stage = STAGES[name]
+    entry = stage["cmd"].removeprefix("python -m ")
+    missing = code_run_by(entry) - set(stage["deps"])
+    assert not missing, f"dvc.yaml: stage {name} runs {sorted(missing)} but does not list it in deps"
+
+
+def test_the_import_scan_sees_through_from_package_imports() -> None:
+    assert "stages/pretrain.py" in code_run_by("stages.train")  # `from stages import pretrain`
+    assert "captcha_mlops/preprocess.py" in code_run_by("stages.evaluate")  # via recognizer

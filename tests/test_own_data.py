@@ -1,0 +1,61 @@
+"""The README's own-images recipe on a tiny own-drawn set: the network starts from the pretrain stage's,
+that start is recorded in MLflow, and adding labels retrains without pretraining again."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import mlflow
+
+from bench.styles import STYLES
+from tests.conftest import project_env, run
+
+STYLE = STYLES["speckle5"]
+RECIPE = {
+    "data": {
+        "name": "own5",
+        "charset_from_data": True,
+        "min_length": STYLE.min_length,
+        "max_length": STYLE.max_length,
+        "width": STYLE.width,
+        "height": STYLE.height,
+    },
+    "generate": {"count": 0},
+    "pretrain": {"images": 200, "steps": 10, "batch_size": 16},
+}
+
+
+def test_own_images_train_from_the_pretrained_network_and_reuse_it(project_factory: Callable[..., Path]) -> None:
+    root = project_factory("own", RECIPE)
+    STYLE.write(root / "data/new", 80, seed=1)
+
+    output = run(["dvc", "repro", "train"], root)
+
+    assert "Running stage 'pretrain'" in output and "starting from the network pretrained" in output
+    pretrained = json.loads((root / "models/pretrained/pretrained.json").read_text())
+    assert pretrained["images"] == 200 and pretrained["charset"] == (root / "data/split/charset.txt").read_text()
+    mlflow.set_tracking_uri(project_env(root)["MLFLOW_TRACKING_URI"])
+    trained = mlflow.get_run(json.loads((root / "models/meta.json").read_text())["run_id"])
+    assert trained.data.tags["pretrained_run_id"] == pretrained["run_id"]
+    pretraining = mlflow.get_run(pretrained["run_id"])
+    assert pretraining.data.tags["stage"] == "pretrain" and pretraining.data.params["pretrain.images"] == "200"
+    assert "val_image_accuracy" in pretraining.data.metrics
+
+    STYLE.write(root / "data/new", 10, seed=2)  # the user labels some more
+    output = run(["dvc", "repro", "train"], root)
+
+    assert "Stage 'pretrain' didn't change, skipping" in output
+    assert "Running stage 'train'" in output
+    retrained = mlflow.get_run(json.loads((root / "models/meta.json").read_text())["run_id"])
+    assert retrained.info.run_id != trained.info.run_id
+    assert retrained.data.tags["pretrained_run_id"] == pretrained["run_id"]
+
+
+def test_generated_training_data_skips_pretraining(pipeline_project: Path) -> None:
+    record = json.loads((pipeline_project / "models/pretrained/pretrained.json").read_text())
+    assert record["run_id"] == "" and "generate.count > 0" in record["skipped"]
+    mlflow.set_tracking_uri(project_env(pipeline_project)["MLFLOW_TRACKING_URI"])
+    meta = json.loads((pipeline_project / "models/meta.json").read_text())
+    assert mlflow.get_run(meta["run_id"]).data.tags["pretrained_run_id"] == "none"
