@@ -214,6 +214,7 @@ class Captcha:
         return {
             "text": reading.text,
             "confidences": [round(c, 4) for c in reading.confidences],
+            "valid": reading.valid,
             "model": name,
             "version": self.versions[name],
             "seconds": round(seconds, 4),

@@ -6,7 +6,7 @@ from __future__ import annotations
 import io
 
 import numpy as np
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 # Serving refuses images above this many pixels before decoding them (a decompression bomb guard).
 MAX_PIXELS = 4096 * 4096
@@ -29,6 +29,8 @@ def open_image(data: bytes, max_pixels: int = MAX_PIXELS) -> Image.Image:
         image.load()
     except BadImage:
         raise
+    except UnidentifiedImageError:  # its message is the repr of our buffer: nothing a client can use
+        raise BadImage("not a readable image (no image format Pillow knows)") from None
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
         raise BadImage(f"not a readable image ({error})") from None
     return image

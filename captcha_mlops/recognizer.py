@@ -59,6 +59,7 @@ class ModelMeta:
 class Reading:
     text: str
     confidences: list[float]
+    valid: bool  # as many characters as the model's captchas have (min_length..max_length)
 
 
 class Recognizer:
@@ -87,7 +88,12 @@ class Recognizer:
         return self._forward(tf.convert_to_tensor(batch, tf.uint8)).numpy()
 
     def read_arrays(self, batch: np.ndarray) -> list[Reading]:
-        return [Reading(*self.codec.decode(p)) for p in self.probabilities(batch)]
+        readings = []
+        for probabilities in self.probabilities(batch):
+            text, confidences = self.codec.decode(probabilities)
+            valid = self.meta.min_length <= len(text) <= self.meta.max_length
+            readings.append(Reading(text, confidences, valid))
+        return readings
 
     def read_images(self, images: Sequence[Image.Image]) -> list[Reading]:
         if not images:

@@ -80,3 +80,19 @@ def test_every_arch_trains_saves_and_reads_in_the_same_form(arch: str, tmp_path:
     np.testing.assert_allclose(probabilities, keras.ops.convert_to_numpy(model(images[:3])), atol=1e-5)
     for reading in recognizer.read_arrays(images[:3]):
         assert set(reading.text) <= set(codec.charset) and len(reading.text) <= codec.max_length
+
+
+def test_a_reading_of_the_wrong_length_is_marked_invalid(tmp_path: Path) -> None:
+    """A 4-character model that reads nothing on a blank image answers "", and says it is no valid reading."""
+    codec = Codec("0123456789", max_length=4)
+    inputs = keras.Input((20, 40, 1), dtype="uint8")
+    x = keras.layers.Flatten()(keras.layers.Rescaling(0.0)(inputs))
+    bias = np.tile(np.eye(codec.num_classes)[codec.pad] * 10, codec.max_length)  # PAD everywhere
+    x = keras.layers.Dense(codec.max_length * codec.num_classes, bias_initializer=keras.initializers.Constant(bias))(x)
+    outputs = keras.layers.Softmax()(keras.layers.Reshape((codec.max_length, codec.num_classes))(x))
+    keras.Model(inputs, outputs).save(tmp_path / "model.keras")
+    ModelMeta("t", codec.charset, 4, 4, 40, 20, "compact").write(tmp_path)
+
+    (reading,) = Recognizer.load(tmp_path).read_arrays(np.zeros((1, 20, 40, 1), np.uint8))
+
+    assert reading.text == "" and not reading.valid

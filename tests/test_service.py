@@ -16,6 +16,7 @@ import httpx
 import pytest
 from PIL import Image
 
+from captcha_mlops.recognizer import Recognizer
 from tests.serving_fixtures import API_KEY, MAX_BYTES, MODELS, Server
 
 SIZES = {"alnum4": (100, 60), "digits5": (120, 50)}
@@ -116,7 +117,7 @@ def test_bad_uploads_get_a_json_4xx_and_the_server_lives_on(server: Server, name
     with server.client() as client:
         response = client.post("/recognize", files={"image_file": ("x.png", data)})
         assert response.status_code == status, response.text
-        assert response.json()["error"]
+        assert response.json()["error"] and "object at 0x" not in response.text, "no Python reprs in answers"
         assert client.get("/livez").status_code == 200
         assert client.post("/b", files={"image_file": ("c.png", fresh_captcha(client, "alnum4"))}).status_code == 200
 
@@ -219,3 +220,18 @@ def response_complete(response: bytes) -> bool:
     head, separator, body = response.partition(b"\r\n\r\n")
     length = re.search(rb"(?i)content-length: *(\d+)", head)
     return bool(separator) and length is not None and len(body) >= int(length.group(1))
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_the_served_answer_is_the_offline_recognizer_reading(server: Server, model: str) -> None:
+    """The train/serve contract: the service reads an upload exactly as `Recognizer` (evaluate) does."""
+    with server.client() as client:
+        uploads = [fresh_captcha(client, model) for _ in range(3)] + [encode(Image.new("L", (90, 40), 255))]
+        bodies = [
+            client.post("/recognize", files={"image_file": ("c.png", u)}, data={"model": model}).json() for u in uploads
+        ]
+    model_dir = server.packaged.bento_home / "models" / f"captcha-{model}" / bodies[0]["version"]
+    readings = Recognizer.load(model_dir).read_images([Image.open(io.BytesIO(upload)) for upload in uploads])
+    for body, reading in zip(bodies, readings):
+        assert body["text"] == reading.text and body["valid"] == reading.valid
+        assert body["confidences"] == pytest.approx(reading.confidences, abs=1e-4)
