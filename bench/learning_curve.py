@@ -22,6 +22,7 @@ import argparse
 import json
 import os
 import platform
+import random
 import shutil
 import subprocess
 import sys
@@ -80,11 +81,14 @@ def score(model_dir: Path, test_paths: list[Path]) -> tuple[float, float]:
     return text_accuracies([label_from_name(p) for p in test_paths], guesses)
 
 
-def run_point(style: Style, labels: int, pool: list[Path], tests: list[Path], cache: Path, extra: dict) -> dict:
+def run_point(
+    commit: str, style: Style, labels: int, pool: list[Path], tests: list[Path], cache: Path, extra: dict
+) -> dict:
     overrides = {**recipe(style), **extra}
     with tempfile.TemporaryDirectory(prefix="curve-") as workdir:
         clone = Path(workdir) / "repo"
         subprocess.run(["git", "clone", "-q", str(ROOT), str(clone)], check=True)
+        subprocess.run(["git", "checkout", "-q", commit], cwd=clone, check=True)
         (clone / "data" / "new").mkdir(parents=True, exist_ok=True)
         for path in pool[:labels]:
             shutil.copyfile(path, clone / "data" / "new" / path.name)
@@ -103,6 +107,7 @@ def run_point(style: Style, labels: int, pool: list[Path], tests: list[Path], ca
     return {
         "style": style.name,
         "labels": labels,
+        "commit": commit[:12],
         "test_images": len(tests),
         "test_image_accuracy": round(image_accuracy, 4),
         "test_char_accuracy": round(char_accuracy, 4),
@@ -136,6 +141,22 @@ def plot(points: list[dict], path: Path) -> None:
     plt.close(figure)
 
 
+def draw_samples(path: Path, per_style: int = 3) -> None:
+    """A few images of each style, one style a row: what the curve was measured on."""
+    rng = random.Random(0)
+    rows = [[style.draw(style.label(rng), rng) for _ in range(per_style)] for style in STYLES.values()]
+    width = max(sum(image.width for image in row) + 8 * per_style for row in rows)
+    sheet = Image.new("RGB", (width, sum(row[0].height + 8 for row in rows)), "white")
+    y = 0
+    for row in rows:
+        x = 0
+        for image in row:
+            sheet.paste(image.convert("RGB"), (x, y))
+            x += image.width + 8
+        y += row[0].height + 8
+    sheet.save(path)
+
+
 def parse_value(text: str) -> Any:
     return yaml.safe_load(text)
 
@@ -157,6 +178,8 @@ def main() -> None:
     extra = {key: parse_value(value) for key, value in (item.split("=", 1) for item in args.set)}
 
     previous = json.loads(args.out.read_text())["points"] if args.out.exists() else []
+    # Every point runs the same code, whatever is committed meanwhile (a code change re-runs pretraining).
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True)
     points = []
     with tempfile.TemporaryDirectory(prefix="curve-data-") as workdir:
         cache = args.dvc_cache
@@ -165,7 +188,7 @@ def main() -> None:
             tests = style.write(Path(workdir) / name / "test", args.test_images, TEST_SEED)
             pool = style.write(Path(workdir) / name / "labelled", max(args.labels), LABELLED_SEED)
             for labels in sorted(args.labels):
-                point = run_point(style, labels, pool, tests, cache, extra)
+                point = run_point(commit.stdout.strip(), style, labels, pool, tests, cache, extra)
                 print(f"bench: {json.dumps({k: v for k, v in point.items() if k != 'train'})}", flush=True)
                 points.append(point)
 
@@ -181,6 +204,7 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2) + "\n")
     plot(results["points"], args.out.with_suffix(".png"))
+    draw_samples(args.out.with_name(f"{args.out.stem}_styles.png"))
 
 
 if __name__ == "__main__":

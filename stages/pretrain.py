@@ -37,9 +37,13 @@ WEIGHTS = PRETRAINED / "model.weights.h5"
 
 
 def synthesize(index: int, data: DataParams, charset: str, fonts: tuple[str, ...], seed: int) -> tuple[str, bytes]:
+    """Captcha `index` as the model's input. Every other one is a negative: the `captcha` library draws dark
+    on light, sites draw either way, and a network that has only seen one polarity transfers badly to the other.
+    """
     factory = factory_for(charset, data.min_length, data.max_length, data.width, data.height, fonts)
     label, image = factory.sample(seed, index)
-    return label, to_array(image, data.width, data.height).tobytes()
+    pixels = to_array(image, data.width, data.height)
+    return label, (255 - pixels if index % 2 else pixels).tobytes()
 
 
 def skip_reason(params: Params) -> str | None:

@@ -19,8 +19,10 @@ from captcha_mlops.dataset import write_manifest
 from captcha_mlops.labels import Codec, collect_charset, label_from_name
 from captcha_mlops.parallel import parallel_map
 from captcha_mlops.params import DataParams, VerifySplitParams, load_params
-from captcha_mlops.paths import ORIGIN, ROOT, SPLIT
+from captcha_mlops.paths import ORIGIN, REPORTS, ROOT, SPLIT
 
+# A DVC metric, committed like the other reports (so `dvc metrics diff` compares it with HEAD's).
+ANOMALIES = REPORTS / "anomalies.json"
 # Files that document a folder rather than being samples in it.
 NOT_SAMPLES = {"README.md", ".gitkeep"}
 
@@ -82,16 +84,9 @@ def main() -> None:
         if unknown := codec.unknown_chars(label):
             anomalies[str(path.relative_to(ROOT))] = f"characters {''.join(sorted(unknown))!r} not in the charset"
     good = [(p, label) for p, label in good if str(p.relative_to(ROOT)) not in anomalies]
-    if not good:
-        raise SystemExit(f"verify_split: no usable image in {[str(f) for f in folders]}; see {SPLIT}/anomalies.json")
-
-    SPLIT.mkdir(parents=True, exist_ok=True)
     sides: dict[str, list[tuple[Path, str]]] = {"train": [], "test": []}
     for path, label in good:
         sides["test" if in_test_split(path, verify.test_ratio) else "train"].append((path, label))
-    for side, rows in sides.items():
-        write_manifest(SPLIT / f"{side}.csv", rows)
-    (SPLIT / "charset.txt").write_text(charset, encoding="utf-8")
 
     reasons = Counter(reason.split(" ")[0] for reason in anomalies.values())
     report = {
@@ -103,10 +98,18 @@ def main() -> None:
         "anomalies_by_kind": dict(reasons),
         "files": anomalies,
     }
-    (SPLIT / "anomalies.json").write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    REPORTS.mkdir(parents=True, exist_ok=True)
+    ANOMALIES.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    if not good:
+        raise SystemExit(f"verify_split: no usable image in {[str(f) for f in folders]}; see {ANOMALIES}")
+
+    SPLIT.mkdir(parents=True, exist_ok=True)
+    for side, rows in sides.items():
+        write_manifest(SPLIT / f"{side}.csv", rows)
+    (SPLIT / "charset.txt").write_text(charset, encoding="utf-8")
     print(
         f"verify_split: {len(files)} files, {len(sides['train'])} train, {len(sides['test'])} test, "
-        f"{len(anomalies)} anomalies (see {SPLIT / 'anomalies.json'})"
+        f"{len(anomalies)} anomalies (see {ANOMALIES})"
     )
 
 

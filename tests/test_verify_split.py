@@ -40,7 +40,7 @@ def checksums(folder: Path) -> dict[str, str]:
 
 def verify_split(root: Path) -> dict:
     run([sys.executable, "-m", "stages.verify_split"], root)
-    return json.loads((root / "data/split/anomalies.json").read_text())
+    return json.loads((root / "reports/anomalies.json").read_text())
 
 
 def manifest(root: Path, side: str) -> dict[str, str]:
