@@ -4,7 +4,7 @@ STAMP := $(VENV)/.installed-$(shell sha256sum pyproject.toml | cut -c1-12)
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: all setup repro test lint ui serve bench-accuracy bench-serving bench-own-data clean
+.PHONY: all setup repro test lint ui serve bench-accuracy bench-serving bench-learning-curve clean
 
 all: repro
 
@@ -39,8 +39,8 @@ bench-accuracy: setup
 bench-serving: setup
 	python -m bench.serving
 
-bench-own-data: setup
-	python -m bench.own_data
+bench-learning-curve: setup
+	python -m bench.learning_curve
 
 clean:  ## pipeline outputs only; the MLflow store and DVC cache are kept
 	rm -rf data/origin data/split models reports/*.json reports/*.csv reports/*.png checkpoints

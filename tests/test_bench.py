@@ -8,25 +8,35 @@ import time
 from pathlib import Path
 
 import psutil
+import pytest
 from PIL import Image
 
 from bench.accuracy import accuracy_ratio
-from bench.own_data import CHARSET, HEIGHT, LENGTH, WIDTH, make_images
+from bench.learning_curve import recipe
 from bench.serving import cpu_meter, with_cpu
+from bench.styles import STYLES, Style
 from captcha_mlops.labels import label_from_name
 
 
-def test_own_data_images_are_valid_user_images_and_reproducible(tmp_path: Path) -> None:
-    make_images(tmp_path / "a", 6)
-    make_images(tmp_path / "b", 6)
-    files = sorted((tmp_path / "a").iterdir())
-    assert len(files) == 6
+@pytest.mark.parametrize("style", STYLES.values(), ids=list(STYLES))
+def test_own_data_styles_make_valid_user_images_reproducibly(style: Style, tmp_path: Path) -> None:
+    files = style.write(tmp_path / "a", 6, seed=3)
+    assert [p.name for p in files] == [p.name for p in style.write(tmp_path / "b", 6, seed=3)]
     for file in files:
         label = label_from_name(file.name)
-        assert len(label) == LENGTH and set(label) <= set(CHARSET), file.name
+        assert style.min_length <= len(label) <= style.max_length and set(label) <= set(style.charset), file.name
         with Image.open(file) as image:
-            assert image.format == "JPEG" and image.size == (WIDTH, HEIGHT)
+            assert image.size == (style.width, style.height)
         assert file.read_bytes() == (tmp_path / "b" / file.name).read_bytes()  # same seed, same set
+    other = {p.read_bytes() for p in style.write(tmp_path / "c", 6, seed=4)}
+    assert not other & {p.read_bytes() for p in files}, "another seed, other images"
+
+
+def test_the_learning_curve_recipe_only_sets_what_the_readme_tells_a_user_to() -> None:
+    for style in STYLES.values():
+        keys = set(recipe(style))
+        assert all(key.startswith(("data.", "generate.", "verify_split.")) for key in keys)
+        assert recipe(style)["generate.count"] == 0 and recipe(style)["data.charset_from_data"] is True
 
 
 def test_accuracy_ratio_is_undefined_when_the_seed_reads_nothing() -> None:
