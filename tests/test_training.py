@@ -32,6 +32,7 @@ def test_the_budget_is_optimizer_steps_whatever_the_number_of_images(count: int,
     train = TrainParams(steps=12, validate_every=4, batch_size=64, acc_stop=1.1)
 
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    mlflow.set_experiment("budget")  # not the experiment another test left active, which this store lacks
     with mlflow.start_run():
         summary = fit(model, images, targets, CODEC.num_classes, "ctc", train, tmp_path / "log.csv")
 
