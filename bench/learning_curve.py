@@ -157,10 +157,6 @@ def draw_samples(path: Path, per_style: int = 3) -> None:
     sheet.save(path)
 
 
-def parse_value(text: str) -> Any:
-    return yaml.safe_load(text)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--styles", nargs="+", default=list(STYLES), choices=list(STYLES))
@@ -175,7 +171,7 @@ def main() -> None:
         help="the DVC cache all points share: kept, so a later run with the same code reuses its pretraining",
     )
     args = parser.parse_args()
-    extra = {key: parse_value(value) for key, value in (item.split("=", 1) for item in args.set)}
+    extra = {key: yaml.safe_load(value) for key, value in (item.split("=", 1) for item in args.set)}
 
     previous = json.loads(args.out.read_text())["points"] if args.out.exists() else []
     # Every point runs the same code, whatever is committed meanwhile (a code change re-runs pretraining).

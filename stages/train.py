@@ -53,17 +53,17 @@ def data_version() -> str:
     return digest.hexdigest()[:12]
 
 
-def fingerprint(params: Params, pretrained_run: str) -> str:
+def fingerprint(params: Params, data: str, pretrained_run: str) -> str:
     """What a checkpoint was trained on: params that shape training, the data, the pretrained start."""
     shaping = {"data": params.data, "model": params.model, "train": params.train}
-    text = json.dumps({k: v.__dict__ for k, v in shaping.items()}, sort_keys=True) + data_version() + pretrained_run
+    text = json.dumps({k: v.__dict__ for k, v in shaping.items()}, sort_keys=True) + data + pretrained_run
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def start_run(params: Params, pretrained_run: str) -> mlflow.ActiveRun:
+def start_run(params: Params, data: str, pretrained_run: str) -> mlflow.ActiveRun:
     """A new MLflow run, or the interrupted one when its checkpoint was made under the same params and data."""
     use_experiment(params.data.name)
-    current = fingerprint(params, pretrained_run)
+    current = fingerprint(params, data, pretrained_run)
     has_checkpoint = (CHECKPOINTS / "training_metadata.json").exists()  # BackupAndRestore's, once per round
     if has_checkpoint and FINGERPRINT_FILE.read_text() == current:
         run_id = RUN_ID_FILE.read_text().strip()
@@ -104,13 +104,14 @@ def main() -> None:
     model = build_model(params.model, data.height, data.width, data.max_length, codec.num_classes)
     pretrained_run = pretrained_start(model)
     REPORTS.mkdir(parents=True, exist_ok=True)
-    with start_run(params, pretrained_run) as run:
+    version = data_version()
+    with start_run(params, version, pretrained_run) as run:
         device = "GPU" if tf.config.list_physical_devices("GPU") else "CPU"
-        tags = {"device": device, "data_version": data_version(), "arch": params.model.arch, "stage": "train"}
+        tags = {"device": device, "data_version": version, "arch": params.model.arch, "stage": "train"}
         mlflow.set_tags({**tags, "pretrained_run_id": pretrained_run or "none"})
         log_manifests({"training": SPLIT / "train.csv", "test": SPLIT / "test.csv"})
         summary = fit(model, images, targets, codec.num_classes, params.model.arch, train, TRAIN_LOG, CHECKPOINTS)
-        save_model(model, params, codec, run.info.run_id)
+        save_model(model, params, codec, run.info.run_id, version)
         mlflow.log_metrics({f"best_{k}": v for k, v in summary.items() if k.startswith("val_")})
         (REPORTS / "train_metrics.json").write_text(json.dumps(summary, indent=2) + "\n")
         mlflow.log_artifact(str(TRAIN_LOG))
@@ -122,7 +123,7 @@ def main() -> None:
         print(f"\nWARNING train: {hint}\n")
 
 
-def save_model(model: keras.Model, params: Params, codec: Codec, run_id: str) -> None:
+def save_model(model: keras.Model, params: Params, codec: Codec, run_id: str, version: str) -> None:
     data = params.data
     meta = ModelMeta(
         name=data.name,
@@ -133,7 +134,7 @@ def save_model(model: keras.Model, params: Params, codec: Codec, run_id: str) ->
         height=data.height,
         arch=params.model.arch,
         run_id=run_id,
-        data_version=data_version(),
+        data_version=version,
     )
     MODELS.mkdir(parents=True, exist_ok=True)  # the folder is shared with other stages' outputs: keep them
     model.save(MODELS / MODEL_FILE)
