@@ -78,6 +78,7 @@ class PretrainParams:
     images: int = 20000
     steps: int = 1500
     batch_size: int = 32
+    fonts: list[str] = dataclasses.field(default_factory=list)
 
     def __post_init__(self) -> None:
         _require(self.images >= 0, "pretrain.images", "must be >= 0 (0: no pretraining)")

@@ -11,10 +11,23 @@ import contextlib
 import functools
 import random
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 
 import captcha.image
-from captcha.image import ImageCaptcha
+import matplotlib
+from captcha.image import DEFAULT_FONTS, ImageCaptcha
 from PIL import Image
+
+_MATPLOTLIB_FONTS = Path(matplotlib.get_data_path()) / "fonts" / "ttf"
+PRETRAIN_FONTS = (
+    *DEFAULT_FONTS,
+    *(str(_MATPLOTLIB_FONTS / f"DejaVuSans{face}.ttf") for face in ("", "-Bold", "-Oblique", "-BoldOblique")),
+    *(str(_MATPLOTLIB_FONTS / f"DejaVuSansMono{face}.ttf") for face in ("", "-Bold", "-Oblique", "-BoldOblique")),
+)
+"""Pretraining's fonts when `pretrain.fonts` is empty: the `captcha` library's one and the DejaVu Sans
+families that ship with matplotlib (a dependency), upright and slanted, regular and bold. A site's glyphs
+are seldom the library's; a network that has seen several shapes of each character adapts to new ones
+from fewer labels."""
 
 
 class _SeededSecrets:

@@ -28,7 +28,7 @@ from captcha_mlops.parallel import parallel_map
 from captcha_mlops.params import DataParams, Params, load_params
 from captcha_mlops.paths import PRETRAINED, SPLIT
 from captcha_mlops.preprocess import to_array
-from captcha_mlops.synth import factory_for
+from captcha_mlops.synth import PRETRAIN_FONTS, factory_for
 from captcha_mlops.tracking import use_experiment
 from captcha_mlops.training import fit
 
@@ -58,7 +58,11 @@ def pretrain(params: Params, charset: str) -> dict:
     data = params.data
     count = params.pretrain.images
     task = functools.partial(
-        synthesize, data=data, charset=charset, fonts=(*params.generate.fonts,), seed=params.generate.seed
+        synthesize,
+        data=data,
+        charset=charset,
+        fonts=tuple(params.pretrain.fonts) or PRETRAIN_FONTS,
+        seed=params.generate.seed,
     )
     samples = list(parallel_map(task, range(count), total=count, workers=params.generate.workers, desc="synthesize"))
     images = np.frombuffer(b"".join(pixels for _, pixels in samples), np.uint8).reshape(
