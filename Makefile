@@ -11,7 +11,7 @@ all: repro
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
 	$(VENV)/bin/python -m pip install -q --upgrade pip
-	$(VENV)/bin/python -m pip install -q -e ".[dev]"
+	$(VENV)/bin/python -m pip install -q -e ".[pipeline,dev]"
 	rm -f $(VENV)/.installed-* && touch $@
 
 setup: $(STAMP)
@@ -31,7 +31,7 @@ ui: setup  ## compare runs in the MLflow UI at http://127.0.0.1:5000
 	mlflow ui --backend-store-uri sqlite:///$(abspath mlflow.db)
 
 serve: setup  ## the packaged champion models behind one HTTP service at http://127.0.0.1:3000
-	bentoml serve service:Captcha
+	bentoml serve service:Captcha --timeout-keep-alive 75  # service.py says why
 
 bench-accuracy: setup
 	python -m bench.accuracy

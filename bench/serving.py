@@ -40,13 +40,14 @@ import httpx
 import numpy as np
 import psutil
 
-from captcha_mlops.params import load_params
 from captcha_mlops.paths import ROOT
+from captcha_mlops.settings import ServiceSettings
 from captcha_mlops.synth import CaptchaFactory
 from captcha_mlops.tracking import registered_name
 
 RESULTS = ROOT / "bench" / "results"
 BENTOML = Path(sys.executable).with_name("bentoml")
+SERVE = ["serve", "service:Captcha", "--timeout-keep-alive", "75"]  # service.py says why the keep-alive
 
 
 def free_port() -> int:
@@ -66,7 +67,7 @@ def serving(
     port = free_port()
     with log_path.open("w") as log:
         process = subprocess.Popen(
-            [str(BENTOML), "serve", "service:Captcha", "--host", "127.0.0.1", "--port", str(port)],
+            [str(BENTOML), *SERVE, "--host", "127.0.0.1", "--port", str(port)],
             cwd=cwd,
             env={**os.environ, **env},
             stdout=log,
@@ -325,7 +326,7 @@ def main() -> None:
         print(f"bench: batching off, c={off_level}: {summary[f'batching_off_c{off_level}']}", flush=True)
 
     # The ceiling the issue compares with: the model on every core. And the model as the service runs it.
-    threads = load_params().serve.model_threads
+    threads = ServiceSettings().model_threads
     raw = raw_model(args.model, 64, args.raw_seconds, threads=None)
     raw_as_served = raw_model(args.model, 64, args.raw_seconds, threads=threads)
     on = summary[f"batching_on_c{off_level}"]["throughput_per_s"]  # type: ignore[index]

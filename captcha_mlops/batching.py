@@ -41,8 +41,8 @@ class _Job(Generic[Result]):
 class Batcher(Generic[Result]):
     """Queues single model inputs from async code and reads them in batches with `read_batch` on a thread.
 
-    `max_wait_s` is a deadline, not a wait: a request still queued after it fails with Overloaded (the service
-    answers 503) instead of making the queue longer for everyone after it. Batchers given the same
+    A request still queued after `queue_deadline_s` fails with Overloaded (the service answers 503) instead
+    of making the queue longer for everyone after it. Batchers given the same
     `model_lock` never run their models at the same time (several models, one set of cores).
     """
 
@@ -50,7 +50,7 @@ class Batcher(Generic[Result]):
         self,
         read_batch: Callable[[np.ndarray], Sequence[Result]],
         max_batch_size: int,
-        max_wait_s: float,
+        queue_deadline_s: float,
         on_batch: Callable[[int], None] = lambda size: None,
         model_lock: threading.Lock | None = None,
         name: str = "model",
@@ -59,7 +59,7 @@ class Batcher(Generic[Result]):
             raise ValueError(f"max_batch_size must be at least 1, got {max_batch_size}")
         self.read_batch = read_batch
         self.max_batch_size = max_batch_size
-        self.max_wait_s = max_wait_s
+        self.queue_deadline_s = queue_deadline_s
         self.on_batch = on_batch
         self.model_lock = model_lock or threading.Lock()
         self._queue: deque[_Job[Result]] = deque()
@@ -85,8 +85,8 @@ class Batcher(Generic[Result]):
                 job = self._queue.popleft()
                 if job.future.done():  # cancelled, its client gone (a racy read: at worst it is read anyway)
                     continue
-                if now - job.queued_at > self.max_wait_s:
-                    _settle([job], Overloaded(f"queued for more than {self.max_wait_s:g} s"))
+                if now - job.queued_at > self.queue_deadline_s:
+                    _settle([job], Overloaded(f"queued for more than {self.queue_deadline_s:g} s"))
                 else:
                     batch.append(job)
             return batch

@@ -8,8 +8,9 @@ import io
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-# Serving refuses images above this many pixels before decoding them (a decompression bomb guard).
-MAX_PIXELS = 4096 * 4096
+# Images above this many pixels are refused before they are decoded (a decompression bomb guard): 2000x2000,
+# far above any captcha. The service's CAPTCHA_MAX_PIXELS starts from it.
+MAX_PIXELS = 4_000_000
 
 
 class BadImage(ValueError):

@@ -13,7 +13,6 @@ nothing, so the stage records that it was skipped and `train` starts from scratc
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import json
 import shutil
@@ -73,13 +72,13 @@ def pretrain(params: Params, charset: str) -> dict:
 
     model = build_model(params.model, data.height, data.width, data.max_length, codec.num_classes)
     pretraining = params.pretrain
-    train = dataclasses.replace(
-        params.train, steps=pretraining.steps, batch_size=pretraining.batch_size, max_minutes=0.0
+    train = params.train.model_copy(
+        update={"steps": pretraining.steps, "batch_size": pretraining.batch_size, "max_minutes": 0.0}
     )
     use_experiment(data.name)
     with mlflow.start_run(run_name=f"pretrain-{time.strftime('%Y%m%d-%H%M%S')}") as run:
         mlflow.set_tags({"stage": "pretrain", "arch": params.model.arch})
-        mlflow.log_params({f"pretrain.{k}": v for k, v in dataclasses.asdict(params.pretrain).items()})
+        mlflow.log_params({f"pretrain.{k}": v for k, v in params.pretrain.model_dump().items()})
         mlflow.log_params({k: v for k, v in params.as_flat_dict().items() if k.startswith(("data.", "model."))})
         summary = fit(model, images, targets, codec.num_classes, params.model.arch, train, PRETRAINED / "log.csv")
         model.save_weights(WEIGHTS)

@@ -63,7 +63,7 @@ def server(packaged: Packaged, tmp_path_factory: pytest.TempPathFactory) -> Iter
         "CAPTCHA_API_KEY": API_KEY,
         "CAPTCHA_SAVE_DIR": str(save_dir),
         "CAPTCHA_MAX_BYTES": str(MAX_BYTES),
-        "CAPTCHA_MAX_LATENCY_MS": "5000",  # a busy 2-core CI machine: batch, don't shed load
+        "CAPTCHA_QUEUE_DEADLINE_MS": "5000",  # a busy 2-core CI machine: batch, don't shed load
     }
     log = tmp_path_factory.mktemp("serve") / "serve.log"
     with serving(env, log, cwd=packaged.alnum4) as (url, process):

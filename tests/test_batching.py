@@ -34,7 +34,7 @@ def pixels(value: int) -> np.ndarray:
 
 def test_a_lone_request_is_read_at_once_alone() -> None:
     model = SlowModel()
-    batcher = Batcher(model, max_batch_size=8, max_wait_s=5)
+    batcher = Batcher(model, max_batch_size=8, queue_deadline_s=5)
 
     async def one() -> tuple[int, int]:
         return await batcher.read(pixels(7))
@@ -48,7 +48,7 @@ def test_a_lone_request_is_read_at_once_alone() -> None:
 def test_requests_queued_while_the_model_is_busy_are_read_together_in_order() -> None:
     model = SlowModel()
     sizes: list[int] = []
-    batcher = Batcher(model, max_batch_size=4, max_wait_s=5, on_batch=sizes.append)
+    batcher = Batcher(model, max_batch_size=4, queue_deadline_s=5, on_batch=sizes.append)
 
     async def burst() -> list[tuple[int, int]]:
         model.release.clear()  # the first request holds the model while nine more arrive
@@ -67,7 +67,7 @@ def test_requests_queued_while_the_model_is_busy_are_read_together_in_order() ->
 
 def test_a_request_queued_past_the_deadline_is_refused_and_the_rest_go_on() -> None:
     model = SlowModel(seconds=0.3)
-    batcher = Batcher(model, max_batch_size=1, max_wait_s=0.1)
+    batcher = Batcher(model, max_batch_size=1, queue_deadline_s=0.1)
 
     async def burst() -> list[object]:
         return await asyncio.gather(*(batcher.read(pixels(v)) for v in range(3)), return_exceptions=True)
@@ -87,7 +87,7 @@ def test_a_model_error_reaches_every_request_of_its_batch_only() -> None:
             raise RuntimeError("model failed")
         return results
 
-    batcher = Batcher(fails_on_13, max_batch_size=8, max_wait_s=5)
+    batcher = Batcher(fails_on_13, max_batch_size=8, queue_deadline_s=5)
 
     async def rounds() -> list[object]:
         model.release.clear()  # hold the model so that 13 and 2 are queued, then read, together
@@ -106,7 +106,7 @@ def test_a_model_error_reaches_every_request_of_its_batch_only() -> None:
 
 def test_a_request_whose_client_left_is_not_read() -> None:
     model = SlowModel()
-    batcher = Batcher(model, max_batch_size=8, max_wait_s=5)
+    batcher = Batcher(model, max_batch_size=8, queue_deadline_s=5)
 
     async def cancel_one() -> tuple[int, int]:
         model.release.clear()
@@ -139,7 +139,7 @@ def test_batchers_sharing_a_model_lock_never_run_their_models_at_once() -> None:
         return [0] * len(batch)
 
     shared = threading.Lock()
-    batchers = [Batcher(model, max_batch_size=2, max_wait_s=5, model_lock=shared) for _ in range(2)]
+    batchers = [Batcher(model, max_batch_size=2, queue_deadline_s=5, model_lock=shared) for _ in range(2)]
 
     async def both() -> list[tuple[int, int]]:
         return await asyncio.gather(*(batcher.read(pixels(0)) for batcher in batchers for _ in range(10)))
@@ -150,4 +150,4 @@ def test_batchers_sharing_a_model_lock_never_run_their_models_at_once() -> None:
 
 def test_max_batch_size_must_be_positive() -> None:
     with pytest.raises(ValueError, match="max_batch_size"):
-        Batcher(SlowModel(), max_batch_size=0, max_wait_s=1)
+        Batcher(SlowModel(), max_batch_size=0, queue_deadline_s=1)

@@ -58,7 +58,7 @@ def test_overload_is_refused_with_503_and_the_server_keeps_serving(server: Serve
     """A server admitting 2 requests at a time, sent 40 at once: the rest get 503 at once, none waits or fails."""
     images = captchas(server, 4)
     packaged: Packaged = server.packaged
-    env = own_home(packaged, tmp_path) | {"CAPTCHA_MAX_CONCURRENCY": "2", "CAPTCHA_MAX_LATENCY_MS": "5000"}
+    env = own_home(packaged, tmp_path) | {"CAPTCHA_MAX_CONCURRENCY": "2", "CAPTCHA_QUEUE_DEADLINE_MS": "5000"}
     with serving(env, tmp_path / "serve.log", cwd=packaged.alnum4) as (url, _):
 
         async def flood() -> list[httpx.Response]:
@@ -87,7 +87,7 @@ def test_serving_benchmark_writes_csv_json_and_plot(server: Server, tmp_path: Pa
         assert summary[key]["server_cpu_ms_per_request"] > 0, key
     for raw in summary["raw_model"].values():  # each timed in a process of its own
         assert raw["batch64_per_s"] > 0 and raw["single_image_p50_ms"] > 0 and raw["cpu_cores"] > 0
-    assert summary["raw_model"]["as_served"]["threads"] == 1  # params.yaml serve.model_threads
+    assert summary["raw_model"]["as_served"]["threads"] == 1  # CAPTCHA_MODEL_THREADS' default
     assert summary["raw_model"]["as_served"]["cpu_cores"] < 1.5  # one TensorFlow thread, plus Python around it
     assert summary["memory"]["requests"] == 100 and summary["memory"]["error_kinds"] == {}
     assert list(summary["memory"]["rss_mb_after_requests"]) == [str(n) for n in range(10, 101, 10)]
