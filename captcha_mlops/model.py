@@ -27,6 +27,28 @@ def training_model(model: keras.Model) -> keras.Model:
     return model
 
 
+def conv_blocks(
+    inputs: keras.KerasTensor, filters: list[int], last_pool: tuple[int, int] = (2, 2)
+) -> keras.KerasTensor:
+    """The feature extractor of `compact` and `ctc`: one [conv 3x3, ReLU, 2x2 max-pool] block per entry of
+    `filters`, each halving the image (the last one by `last_pool`).
+
+    Batch norm follows every conv but the first: at full resolution it would cost half of the CPU
+    training time for little gain. Its momentum is 0.9, not Keras' 0.99: with 0.99 the moving statistics
+    lag the weights so far in a short run that validation accuracy stays at chance while training
+    accuracy climbs.
+    """
+    x = layers.Rescaling(1.0 / 255)(inputs)
+    x = layers.Conv2D(filters[0], 3, padding="same", activation="relu")(x)
+    x = layers.MaxPooling2D()(x)
+    for block, channels in enumerate(filters[1:], start=2):
+        x = layers.Conv2D(channels, 3, padding="same", use_bias=False)(x)
+        x = layers.BatchNormalization(momentum=0.9)(x)
+        x = layers.ReLU()(x)
+        x = layers.MaxPooling2D(last_pool if block == len(filters) else (2, 2))(x)
+    return x
+
+
 def compact_model(
     filters: list[int], dropout: float, height: int, width: int, max_length: int, num_classes: int
 ) -> keras.Model:
@@ -34,21 +56,10 @@ def compact_model(
 
     Four blocks turn 60x100 into a 3x6 grid whose cells each see about a third of a character; the
     position heads read the whole flattened grid, so each finds "its" character wherever the captcha
-    library placed it. Batch norm follows every conv but the first: at full resolution it would cost
-    half of the CPU training time for little gain. Batch-norm momentum is 0.9, not Keras' 0.99: with
-    0.99 the moving statistics lag the weights so far in a 10-epoch run that validation accuracy stays at
-    chance while training accuracy climbs.
+    library placed it.
     """
     inputs = keras.Input(shape=(height, width, 1), name="image", dtype="uint8")
-    x = layers.Rescaling(1.0 / 255)(inputs)
-    x = layers.Conv2D(filters[0], 3, padding="same", activation="relu")(x)
-    x = layers.MaxPooling2D()(x)
-    for channels in filters[1:]:
-        x = layers.Conv2D(channels, 3, padding="same", use_bias=False)(x)
-        x = layers.BatchNormalization(momentum=0.9)(x)
-        x = layers.ReLU()(x)
-        x = layers.MaxPooling2D()(x)
-    x = layers.Flatten()(x)
+    x = layers.Flatten()(conv_blocks(inputs, filters))
     x = layers.Dropout(dropout)(x)
     x = layers.Dense(max_length * num_classes)(x)
     x = layers.Reshape((max_length, num_classes))(x)
@@ -98,14 +109,7 @@ def ctc_model(
     if steps < 2 * max_length - 1:  # CTC needs a blank column between two equal characters
         raise ValueError(f"ctc: {width} pixels give {steps} columns, too few for {max_length} characters")
     inputs = keras.Input(shape=(height, width, 1), name="image", dtype="uint8")
-    x = layers.Rescaling(1.0 / 255)(inputs)
-    x = layers.Conv2D(filters[0], 3, padding="same", activation="relu")(x)
-    x = layers.MaxPooling2D()(x)
-    for i, channels in enumerate(filters[1:], start=2):
-        x = layers.Conv2D(channels, 3, padding="same", use_bias=False)(x)
-        x = layers.BatchNormalization(momentum=0.9)(x)
-        x = layers.ReLU()(x)
-        x = layers.MaxPooling2D((2, 1) if i == len(filters) else (2, 2))(x)
+    x = conv_blocks(inputs, filters, last_pool=(2, 1))
     # (rows, columns, channels) -> one feature vector per column, left to right.
     x = layers.Permute((2, 1, 3))(x)
     x = layers.Reshape((x.shape[1], x.shape[2] * x.shape[3]))(x)

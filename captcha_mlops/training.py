@@ -110,9 +110,14 @@ def compile_model(model: keras.Model, train: TrainParams, steps: int, arch: str)
     model.compile(optimizer, loss, metrics=metrics)
 
 
+def steps_per_round(train: TrainParams) -> int:
+    """Steps between validations: `validate_every`, or the whole budget when that is smaller."""
+    return min(train.validate_every, train.steps)
+
+
 def validation_rounds(train: TrainParams) -> int:
     """Validation rounds in the budget; the budget is rounded up to a whole number of them."""
-    return math.ceil(train.steps / train.validate_every)
+    return math.ceil(train.steps / steps_per_round(train))
 
 
 class StepLog(keras.callbacks.Callback):
@@ -265,7 +270,7 @@ def fit(
         images[val_idx], targets[val_idx], num_classes, VALIDATION_BATCH, training=False, seed=train.seed
     )
     trained = training_model(model)  # shares the model's layers: fitting it trains the model
-    compile_model(trained, train, validation_rounds(train) * train.validate_every, arch)
+    compile_model(trained, train, validation_rounds(train) * steps_per_round(train), arch)
     mlflow.log_params(
         {"train_images": len(train_idx), "validation_images": n_val, "batch_size_used": batch_size},
         synchronous=False,
@@ -279,7 +284,7 @@ def fit(
         train_ds,
         validation_data=val_ds,
         epochs=validation_rounds(train),
-        steps_per_epoch=train.validate_every,
+        steps_per_epoch=steps_per_round(train),
         shuffle=False,  # make_dataset shuffles, reproducibly for train.seed
         verbose=2,
         callbacks=callbacks,

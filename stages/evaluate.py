@@ -10,6 +10,7 @@ import csv
 import json
 import time
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 
 import matplotlib
@@ -52,24 +53,24 @@ def single_image_latencies(recognizer: Recognizer, paths: list[Path]) -> list[fl
     return seconds
 
 
-def confusions(truths: list[str], guesses: list[str]) -> Counter[tuple[str, str]]:
-    """(true char, read char) pairs where a position was misread; a missing char reads as ''."""
-    pairs: Counter[tuple[str, str]] = Counter()
+MISSING = "∅"  # what a position the reading did not reach reads as
+
+
+def position_pairs(truths: list[str], guesses: list[str]) -> Iterator[tuple[str, str]]:
+    """(true char, read char) for every position of every truth, in order."""
     for truth, guess in zip(truths, guesses):
         for position, char in enumerate(truth):
-            read = guess[position] if position < len(guess) else ""
-            if read != char:
-                pairs[(char, read)] += 1
-    return pairs
+            yield char, guess[position] if position < len(guess) else MISSING
 
 
-def write_confusion_csv(path: Path, truths: list[str], guesses: list[str]) -> None:
-    with path.open("w", newline="", encoding="utf-8") as file:
-        writer = csv.writer(file)
-        writer.writerow(["actual", "predicted"])
-        for truth, guess in zip(truths, guesses):
-            for position, char in enumerate(truth):
-                writer.writerow([char, guess[position] if position < len(guess) else "∅"])
+def write_confusions(truths: list[str], guesses: list[str]) -> None:
+    """The most frequent misreadings (reports/confusions.json) and every position (the confusion plot's CSV)."""
+    pairs = list(position_pairs(truths, guesses))
+    misread = Counter(pair for pair in pairs if pair[0] != pair[1]).most_common(30)
+    top = [{"actual": actual, "predicted": read, "count": count} for (actual, read), count in misread]
+    (REPORTS / "confusions.json").write_text(json.dumps(top, indent=2, ensure_ascii=False) + "\n")
+    with (REPORTS / "char_confusion.csv").open("w", newline="", encoding="utf-8") as file:
+        csv.writer(file).writerows([("actual", "predicted"), *pairs])
 
 
 def draw_failures(path: Path, failures: list[tuple[Path, str, str]]) -> None:
@@ -81,7 +82,7 @@ def draw_failures(path: Path, failures: list[tuple[Path, str, str]]) -> None:
     for axis, (image_path, truth, guess) in zip(axes.flat, failures):
         with Image.open(image_path) as image:
             axis.imshow(image.convert("RGB"))
-        axis.set_title(f"{truth} → {guess or '∅'}", fontsize=10, color="firebrick")
+        axis.set_title(f"{truth} → {guess or MISSING}", fontsize=10, color="firebrick")
     if not failures:
         axes.flat[0].text(0.5, 0.5, "no failures", ha="center", va="center", fontsize=14)
     figure.suptitle(f"Misread test captchas (true → read), {len(failures)} shown")
@@ -113,12 +114,7 @@ def main() -> None:
 
     REPORTS.mkdir(parents=True, exist_ok=True)
     (REPORTS / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    top = confusions(truths, guesses).most_common(30)
-    (REPORTS / "confusions.json").write_text(
-        json.dumps([{"actual": a, "predicted": p, "count": n} for (a, p), n in top], indent=2, ensure_ascii=False)
-        + "\n"
-    )
-    write_confusion_csv(REPORTS / "char_confusion.csv", truths, guesses)
+    write_confusions(truths, guesses)
     failures = [(p, t, g) for p, t, g in zip(paths, truths, guesses) if t != g]
     draw_failures(REPORTS / "failures.png", failures[: params.evaluate.gallery_size])
 

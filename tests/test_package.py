@@ -5,12 +5,13 @@ from __future__ import annotations
 import json
 import subprocess
 import tomllib
+from collections.abc import Callable
 from pathlib import Path
 
 import mlflow
 import yaml
 
-from tests.conftest import BIN, REPO, project_env, run
+from tests.conftest import BIN, REPO, TINY_PARAMS, project_env, run
 from tests.serving_fixtures import MODELS, Packaged
 
 
@@ -97,3 +98,30 @@ def test_package_refuses_a_champion_below_the_accuracy_floor(pipeline_project: P
     assert "below package.min_test_image_accuracy=1.0: not promoted to 'champion'" in result.stderr
     assert "Traceback" not in result.stderr
     assert client.get_model_version_by_alias("captcha-alnum4", "champion").version == champion.version
+
+
+def test_package_serves_the_better_of_two_real_runs_not_the_newer(project_factory: Callable[..., Path]) -> None:
+    """Two full `dvc repro` runs of one captcha type: a trained one, then a barely trained one. The champion, the
+    registry alias and the BentoML model stay the first run's, and the second `package` says so."""
+    # One of two letters per image: 60 steps learn it, 1 step reads at chance.
+    data = {"name": "coin", "charset": "ab", "min_length": 1, "max_length": 1, "width": 48, "height": 32}
+    train = TINY_PARAMS["train"] | {"steps": 60}
+    root = project_factory("two_runs", {"data": data, "generate": {"count": 200}, "train": train})
+    env = project_env(root)
+    run(["dvc", "repro"], root, env=env)
+    trained = json.loads((root / "models/bento_model.json").read_text())
+
+    params_file = root / "params.yaml"
+    params = yaml.safe_load(params_file.read_text())
+    params["train"].update(steps=1, seed=1)
+    params_file.write_text(yaml.safe_dump(params, sort_keys=False))
+    output = run(["dvc", "repro"], root, env=env)
+    newer = json.loads((root / "models/meta.json").read_text())["run_id"]
+
+    mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
+    client = mlflow.MlflowClient()
+    accuracy = {r: client.get_run(r).data.metrics["test_image_accuracy"] for r in (trained["mlflow_run_id"], newer)}
+    assert accuracy[trained["mlflow_run_id"]] > accuracy[newer], accuracy  # the premise: the first run is better
+    assert json.loads((root / "models/bento_model.json").read_text()) == trained
+    assert client.get_model_version_by_alias("captcha-coin", "champion").run_id == trained["mlflow_run_id"]
+    assert f"already holds run {trained['mlflow_run_id']}" in output
