@@ -4,7 +4,7 @@ STAMP := $(VENV)/.installed-$(shell sha256sum pyproject.toml | cut -c1-12)
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: all setup repro test lint ui serve bench-accuracy bench-serving bench-learning-curve clean
+.PHONY: all setup repro push pull test lint ui serve bench-accuracy bench-serving bench-learning-curve clean
 
 all: repro
 
@@ -15,6 +15,12 @@ $(STAMP): pyproject.toml
 	rm -f $(VENV)/.installed-* && touch $@
 
 setup: $(STAMP)
+
+push: setup  ## data, models and metrics to the default DVC remote (README: from one machine to a team)
+	python -m captcha_mlops.remote push
+
+pull: setup  ## ... and back, in another clone: `dvc repro` then has nothing to do
+	python -m captcha_mlops.remote pull
 
 repro: setup  ## generate -> verify_split -> train -> evaluate (-> package), only what changed
 	dvc repro
