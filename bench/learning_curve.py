@@ -187,7 +187,13 @@ def main() -> None:
                 point = run_point(commit.stdout.strip(), style, labels, pool, tests, cache, extra)
                 print(f"bench: {json.dumps({k: v for k, v in point.items() if k != 'train'})}", flush=True)
                 points.append(point)
+                results = save(args.out, previous, points)  # after every point: an interrupted run keeps them
+    plot(results["points"], args.out.with_suffix(".png"))
+    draw_samples(args.out.with_name(f"{args.out.stem}_styles.png"))
 
+
+def save(out: Path, previous: list[dict], points: list[dict]) -> dict:
+    """Write the measured points into `out`, replacing earlier ones of the same style, labels and overrides."""
     measured = {(p["style"], p["labels"], json.dumps(p["overrides"], sort_keys=True)) for p in points}
     kept = [
         p for p in previous if (p["style"], p["labels"], json.dumps(p["overrides"], sort_keys=True)) not in measured
@@ -197,10 +203,9 @@ def main() -> None:
         "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores",
         "points": sorted(kept + points, key=lambda p: (p["style"], json.dumps(p["overrides"]), p["labels"])),
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2) + "\n")
-    plot(results["points"], args.out.with_suffix(".png"))
-    draw_samples(args.out.with_name(f"{args.out.stem}_styles.png"))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2) + "\n")
+    return results
 
 
 if __name__ == "__main__":
