@@ -72,5 +72,5 @@ def test_a_bad_param_stops_the_stage_naming_the_key(tmp_path: Path) -> None:
     (tmp_path / "params.yaml").write_text(yaml.safe_dump({"train": {"steps": "many"}}))
     result = subprocess.run([sys.executable, "-m", "stages.generate"], cwd=tmp_path, capture_output=True, text=True)
     assert result.returncode != 0
-    assert "train.steps: expected int, got 'many'" in result.stderr
+    assert "train.steps: Input should be a valid integer (got 'many')" in result.stderr
     assert not (tmp_path / "data").exists()
