@@ -47,7 +47,7 @@ def free_port() -> int:
 
 def postgres_bin(program: str) -> str:
     """A PostgreSQL server program: on PATH, or where Debian installs it (/usr/lib/postgresql/<version>/bin)."""
-    found = shutil.which(program) or next(iter(sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{program}"))[::-1]), None)
+    found = shutil.which(program) or max(glob.glob(f"/usr/lib/postgresql/*/bin/{program}"), default=None)
     if found is None:
         raise ServerError(f"PostgreSQL's {program} not found: install PostgreSQL (Debian: apt-get install postgresql)")
     return found

@@ -55,8 +55,8 @@ def data_version() -> str:
 
 def fingerprint(params: Params, data: str, pretrained_run: str) -> str:
     """What a checkpoint was trained on: params that shape training, the data, the pretrained start."""
-    shaping = {"data": params.data, "model": params.model, "train": params.train}
-    text = json.dumps({k: v.__dict__ for k, v in shaping.items()}, sort_keys=True) + data + pretrained_run
+    shaping = params.model_dump(include={"data", "model", "train"})
+    text = json.dumps(shaping, sort_keys=True) + data + pretrained_run
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
