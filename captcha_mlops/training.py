@@ -139,7 +139,8 @@ class StepLog(keras.callbacks.Callback):
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         row = {"step": self.step(), **{k: round(float(v), 5) for k, v in (logs or {}).items()}}
         row["learning_rate"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
-        mlflow.log_metrics({k: v for k, v in row.items() if k != "step"}, step=row["step"], synchronous=False)
+        # Synchronous, and before BackupAndRestore saves the round: a crash must not lose a round it calls done.
+        mlflow.log_metrics({k: v for k, v in row.items() if k != "step"}, step=row["step"])
         is_new = not self.csv_path.exists()
         with self.csv_path.open("a", newline="") as file:
             writer = csv.DictWriter(file, fieldnames=list(row))
@@ -277,8 +278,8 @@ def fit(
     )
     print(f"fit: {len(train_idx)} train / {n_val} validation images, batch {batch_size}, {train.steps} steps")
     callbacks = [StepLog(log_csv, train.log_every_n_steps), *stops(train, n_val)]
-    if checkpoints is not None:
-        callbacks.insert(0, keras.callbacks.BackupAndRestore(str(checkpoints)))
+    if checkpoints is not None:  # last, so a saved round has already been logged
+        callbacks.append(keras.callbacks.BackupAndRestore(str(checkpoints)))
     started = time.monotonic()
     history = trained.fit(
         train_ds,
