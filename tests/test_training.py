@@ -13,7 +13,16 @@ import pytest
 from captcha_mlops.labels import Codec
 from captcha_mlops.model import build_model
 from captcha_mlops.params import ModelParams, TrainParams
-from captcha_mlops.training import PlateauStop, StopAtAccuracy, batch_size_for, fit, not_learning_hint, validation_count
+from captcha_mlops.training import (
+    FreshBatchNorm,
+    PlateauStop,
+    StopAtAccuracy,
+    batch_size_for,
+    fit,
+    make_dataset,
+    not_learning_hint,
+    validation_count,
+)
 
 CODEC = Codec("0123456789", max_length=4)
 
@@ -117,3 +126,21 @@ def test_a_run_that_learned_nothing_is_told_what_to_check() -> None:
     for check in ("labels", "charset", "data.width", "more labels", "190 images"):
         assert check in hint
     assert not_learning_hint(0.5, 190, "23456789ABC") is None
+
+
+def test_validation_sees_batch_norm_statistics_of_the_current_weights() -> None:
+    images, targets = random_set(64)
+    model = build_model(ModelParams(filters=[8, 8, 8]), 32, 64, CODEC.max_length, CODEC.num_classes)
+    norms = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    for layer in norms:  # statistics of weights long gone
+        layer.moving_mean.assign(np.full(layer.moving_mean.shape, 50.0, np.float32))
+    batches = make_dataset(images, targets, CODEC.num_classes, 16, training=False, seed=0)
+    refresh = FreshBatchNorm(batches)
+    refresh.set_model(model)
+
+    refresh.on_test_begin()
+
+    first = norms[0]
+    features = keras.Model(model.input, first.input)(images, training=True).numpy()
+    assert np.allclose(first.moving_mean.numpy(), features.mean(axis=(0, 1, 2)), atol=1e-3), "the mean of the 4 batches"
+    assert all(layer.momentum == 0.9 for layer in norms), "the training momentum is left as it was"
