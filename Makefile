@@ -4,7 +4,7 @@ STAMP := $(VENV)/.installed-$(shell sha256sum pyproject.toml | cut -c1-12)
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: all setup repro push pull test lint ui serve bench-accuracy bench-serving bench-learning-curve clean
+.PHONY: all setup browser repro push pull test lint ui serve review bench-accuracy bench-serving bench-learning-curve clean
 
 all: repro
 
@@ -30,7 +30,13 @@ lint: setup
 	ruff check .
 	ruff format --check .
 
-test: lint
+# Debian's chromium and chromedriver, for the review page's browser test: installed when missing (as root).
+browser:
+	@command -v chromedriver >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; } || \
+		{ echo "the browser test needs chromium: sudo apt-get install chromium chromium-driver"; exit 1; }
+
+test: lint browser
 	python -m pytest -q
 
 ui: setup  ## compare runs in the MLflow UI at http://127.0.0.1:5000
@@ -38,6 +44,9 @@ ui: setup  ## compare runs in the MLflow UI at http://127.0.0.1:5000
 
 serve: setup  ## the packaged champion models behind one HTTP service at http://127.0.0.1:3000
 	bentoml serve service:Captcha --timeout-keep-alive 75  # service.py says why
+
+review: setup  ## label the images the service kept (CAPTCHA_SAVE_DIR=KEPT) at http://127.0.0.1:8000
+	python -m captcha_mlops.review --kept $(KEPT)
 
 bench-accuracy: setup
 	python -m bench.accuracy

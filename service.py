@@ -16,18 +16,17 @@ import gc
 import io
 import threading
 import time
-import uuid
 from typing import Annotated, Any
 
 import bentoml
 from fastapi import FastAPI, File, Form, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from PIL import Image
 
 from captcha_mlops.batching import Batcher, Overloaded
+from captcha_mlops.kept import CaptchaType, KeptImages
 from captcha_mlops.preprocess import BadImage, open_image
-from captcha_mlops.settings import load_settings
+from captcha_mlops.settings import carries_api_key, load_settings
 from captcha_mlops.synth import CaptchaFactory
 from captcha_mlops.tracking import registered_name
 
@@ -95,8 +94,7 @@ class Guard:
             self.in_progress -= 1
 
     def refusal(self, headers: dict[str, str]) -> JSONResponse | None:
-        key = SETTINGS.api_key
-        if key and key not in (headers.get("x-api-key"), headers.get("authorization", "")[7:]):
+        if not carries_api_key(SETTINGS.api_key, headers):
             return JSONResponse({"error": "missing or wrong API key (X-API-Key header)"}, status_code=401)
         # Room for the multipart envelope; the image itself is measured again after the upload.
         if int(headers.get("content-length") or 0) > SETTINGS.max_bytes + 64 * 1024:
@@ -148,8 +146,11 @@ class Captcha:
             )
             for name, recognizer in self.recognizers.items()
         }
-        if SETTINGS.save_dir is not None:
-            SETTINGS.save_dir.mkdir(parents=True, exist_ok=True)
+        self.kept = KeptImages(SETTINGS.save_dir) if SETTINGS.save_dir is not None else None
+        if self.kept is not None:
+            for name, recognizer in self.recognizers.items():
+                meta = recognizer.meta
+                self.kept.declare(CaptchaType(name, meta.charset, meta.min_length, meta.max_length))
         # The loaded models are tens of thousands of long-lived Python objects: frozen, the garbage collector
         # stops walking them in its full collections, each of which stalled every request in flight.
         gc.collect()
@@ -179,8 +180,8 @@ class Captcha:
         except Overloaded as error:
             raise ApiError(503, f"overloaded: {error}, retry later") from None
         seconds = time.perf_counter() - started
-        if SETTINGS.save_dir is not None:
-            save_for_training(image, reading.text)
+        if self.kept is not None:  # for review: python -m captcha_mlops.review
+            self.kept.keep(image, name, self.versions[name], reading.text, reading.confidences, reading.valid)
         return {
             "text": reading.text,
             "confidences": [round(c, 4) for c in reading.confidences],
@@ -226,16 +227,3 @@ async def current_service() -> Captcha:
 # FastAPI runs on a worker thread: a thread hop per request, the largest single cost of a recognition under
 # load. The same lookup as a coroutine runs on the event loop.
 app.dependency_overrides[bentoml.get_current_service] = current_service
-
-
-def save_for_training(image: Image.Image, text: str) -> None:
-    """Keep a received image as `<predicted label>_<uuid>.png`: the name is ours, never the client's.
-
-    An image nothing was read from is kept as `_<uuid>.png`: verify_split reports it as unlabelled until
-    someone names it, and such images are the most useful ones to label.
-    """
-    label = "".join(char for char in text if char.isalnum())
-    path = (SETTINGS.save_dir / f"{label}_{uuid.uuid4().hex}.png").resolve()
-    if path.parent != SETTINGS.save_dir:
-        return
-    image.convert("RGBA" if "A" in image.getbands() else "RGB").save(path, format="PNG")

@@ -6,6 +6,9 @@ service before it starts, with a message naming the variable.
 
 from __future__ import annotations
 
+import hmac
+from collections.abc import Mapping
+from http.cookies import CookieError, SimpleCookie
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -15,6 +18,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from captcha_mlops.preprocess import MAX_PIXELS
 
 ENV_PREFIX = "CAPTCHA_"
+KEY_COOKIE = "captcha_api_key"  # set by the review page's login form: a browser cannot send a header itself
 
 
 class SettingsError(ValueError):
@@ -29,7 +33,7 @@ class ServiceSettings(BaseSettings):
     api_key: str = ""  # empty: no key asked
     max_bytes: PositiveInt = 1024 * 1024
     max_pixels: PositiveInt = MAX_PIXELS
-    save_dir: Path | None = None  # keep every image read here, named by its reading
+    save_dir: Path | None = None  # keep every image read here with its reading, for review (captcha_mlops.kept)
     max_batch_size: PositiveInt = 64  # images read in one model call (adaptive batching); 1 turns batching off
     queue_deadline_ms: PositiveInt = 1000  # a request queued longer for the model gets 503
     workers: PositiveInt = 1  # processes, each with every model: 2 served less on 2 cores (README, Serving)
@@ -72,3 +76,18 @@ def load_settings() -> ServiceSettings:
             for e in error.errors(include_url=False)
         ]
         raise SettingsError("; ".join(problems)) from None
+
+
+def carries_api_key(expected: str, headers: Mapping[str, str]) -> bool:
+    """Whether a request (lower-cased header names) may pass: no key is asked, or it carries the key in
+    `X-API-Key`, `Authorization: Bearer` or the review page's cookie. Compared in constant time."""
+    if not expected:
+        return True
+    authorization = headers.get("authorization", "")
+    offered = [headers.get("x-api-key", ""), authorization[7:] if authorization[:7].lower() == "bearer " else ""]
+    try:
+        cookie = SimpleCookie(headers.get("cookie", "")).get(KEY_COOKIE)
+    except CookieError:
+        cookie = None
+    offered.append(cookie.value if cookie is not None else "")
+    return any(hmac.compare_digest(key.encode(), expected.encode()) for key in offered if key)

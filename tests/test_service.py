@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
 import os
 import re
 import socket
@@ -148,18 +149,26 @@ def test_api_key_is_required_except_for_probes(server: Server) -> None:
             assert anonymous.get(probe).status_code == 200, probe
 
 
-def test_received_images_are_saved_under_generated_names_only(server: Server) -> None:
+def test_received_images_are_kept_for_review_with_their_reading(server: Server) -> None:
     with server.client() as client:
+        answers = []
         for _ in range(3):
-            image = fresh_captcha(client, "alnum4")
-            response = client.post("/recognize", files={"image_file": ("../../escape.png", image)})
+            image = fresh_captcha(client, "digits5")
+            files = {"image_file": ("../../escape.png", image)}
+            response = client.post("/recognize", files=files, data={"model": "digits5"})
             assert response.status_code == 200
-    saved = list(server.save_dir.iterdir())
-    assert saved, "images read are kept for retraining"
-    for path in saved:
-        assert re.fullmatch(r"[0-9a-z]*_[0-9a-f]{32}\.png", path.name), path.name
-        Image.open(path).verify()
-    assert not any(server.save_dir.parent.rglob("escape*"))
+            answers.append(response.json())
+    pending = server.save_dir / "digits5/pending"
+    records = [json.loads(path.read_text()) for path in pending.glob("*.json")]
+    assert len(records) >= 3, "every image read is kept, with its reading beside it"
+    for record in records:
+        assert re.fullmatch(r"[0-9a-f]{32}", record["id"]) and record["type"] == "digits5"
+        Image.open(pending / f"{record['id']}.png").verify()
+    kept = {(r["text"], tuple(r["confidences"]), r["version"]) for r in records}
+    assert all((a["text"], tuple(a["confidences"]), a["version"]) in kept for a in answers)
+    declared = json.loads((server.save_dir / "digits5/type.json").read_text())
+    assert declared == {"name": "digits5", "charset": "0123456789", "min_length": 5, "max_length": 5}
+    assert not any(server.save_dir.parent.rglob("escape*")), "no name a client sent"
 
 
 def batch_size_histogram(metrics: str) -> tuple[float, float]:
