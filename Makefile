@@ -46,7 +46,7 @@ serve: setup  ## the packaged champion models behind one HTTP service at http://
 	bentoml serve service:Captcha --timeout-keep-alive 75  # service.py says why
 
 review: setup  ## label the images the service kept (CAPTCHA_SAVE_DIR=KEPT) at http://127.0.0.1:8000
-	python -m captcha_mlops.review --kept $(KEPT)
+	python -m captcha_mlops.review $(if $(KEPT),--kept $(KEPT))
 
 bench-accuracy: setup
 	python -m bench.accuracy

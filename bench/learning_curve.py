@@ -69,28 +69,41 @@ def apply(params: dict, overrides: dict[str, Any]) -> dict:
     return params
 
 
-def score(model_dir: Path, test_paths: list[Path]) -> tuple[float, float]:
-    """(char, image) accuracy of a trained model on the style's held-out test images."""
-    from captcha_mlops.recognizer import Recognizer  # TensorFlow only once a model is scored
+def read_images(model_dir: Path, paths: list[Path]) -> list:
+    """A trained model's `Reading` of each image, as the service reads it."""
+    from captcha_mlops.recognizer import Recognizer  # TensorFlow only once a model is used
 
     recognizer = Recognizer.load(model_dir)
-    guesses = []
-    for start in range(0, len(test_paths), 256):
-        images = [Image.open(path) for path in test_paths[start : start + 256]]
-        guesses += [reading.text for reading in recognizer.read_images(images)]
+    readings = []
+    for start in range(0, len(paths), 256):
+        readings += recognizer.read_images([Image.open(path) for path in paths[start : start + 256]])
+    return readings
+
+
+def score(model_dir: Path, test_paths: list[Path]) -> tuple[float, float]:
+    """(char, image) accuracy of a trained model on the style's held-out test images."""
+    guesses = [reading.text for reading in read_images(model_dir, test_paths)]
     return text_accuracies([label_from_name(p) for p in test_paths], guesses)
 
 
 def run_point(
-    commit: str, style: Style, labels: int, pool: list[Path], tests: list[Path], cache: Path, extra: dict
+    commit: str,
+    style: Style,
+    labelled: list[Path],
+    tests: list[Path],
+    cache: Path,
+    extra: dict,
+    read: list[Path] | None = None,
 ) -> dict:
+    """The README recipe on `labelled` in a fresh clone at `commit`; scored on `tests`. With `read`, the
+    point also holds the trained model's reading of those images (`readings`), as the service would give it."""
     overrides = {**recipe(style), **extra}
     with tempfile.TemporaryDirectory(prefix="curve-") as workdir:
         clone = Path(workdir) / "repo"
         subprocess.run(["git", "clone", "-q", str(ROOT), str(clone)], check=True)
         subprocess.run(["git", "checkout", "-q", commit], cwd=clone, check=True)
         (clone / "data" / "new").mkdir(parents=True, exist_ok=True)
-        for path in pool[:labels]:
+        for path in labelled:
             shutil.copyfile(path, clone / "data" / "new" / path.name)
         params_file = clone / "params.yaml"
         params_file.write_text(yaml.safe_dump(apply(yaml.safe_load(params_file.read_text()), overrides)))
@@ -102,11 +115,12 @@ def run_point(
         subprocess.run(["dvc", "repro", "evaluate"], cwd=clone, env=env, check=True)
         minutes = (time.monotonic() - started) / 60
         char_accuracy, image_accuracy = score(clone / "models", tests)
+        readings = read_images(clone / "models", read) if read else None
         trained = json.loads((clone / "reports" / "train_metrics.json").read_text())
         pretrained = json.loads((clone / "models" / "pretrained" / "pretrained.json").read_text())
-    return {
+    point = {
         "style": style.name,
-        "labels": labels,
+        "labels": len(labelled),
         "commit": commit[:12],
         "test_images": len(tests),
         "test_image_accuracy": round(image_accuracy, 4),
@@ -116,6 +130,7 @@ def run_point(
         "train": trained,
         "pretrained_run_id": pretrained["run_id"],
     }
+    return point if readings is None else point | {"readings": readings}
 
 
 def plot(points: list[dict], path: Path) -> None:
@@ -184,7 +199,7 @@ def main() -> None:
             tests = style.write(Path(workdir) / name / "test", args.test_images, TEST_SEED)
             pool = style.write(Path(workdir) / name / "labelled", max(args.labels), LABELLED_SEED)
             for labels in sorted(args.labels):
-                point = run_point(commit.stdout.strip(), style, labels, pool, tests, cache, extra)
+                point = run_point(commit.stdout.strip(), style, pool[:labels], tests, cache, extra)
                 print(f"bench: {json.dumps({k: v for k, v in point.items() if k != 'train'})}", flush=True)
                 points.append(point)
                 results = save(args.out, previous, points)  # after every point: an interrupted run keeps them
