@@ -26,20 +26,21 @@ from fastapi.responses import JSONResponse, Response
 from captcha_mlops.batching import Batcher, Overloaded
 from captcha_mlops.kept import CaptchaType, KeptImages
 from captcha_mlops.preprocess import BadImage, open_image
-from captcha_mlops.settings import carries_api_key, load_settings
+from captcha_mlops.settings import load_settings
 from captcha_mlops.synth import CaptchaFactory
 from captcha_mlops.tracking import registered_name
+from captcha_mlops.web import carries_api_key, invalid_fields
 
 SETTINGS = load_settings()
-MODEL_TYPES = SETTINGS.models
-DEFAULT_MODEL = MODEL_TYPES[0]
+CAPTCHA_TYPES = SETTINGS.types
+DEFAULT_TYPE = CAPTCHA_TYPES[0]
 MIN_SIDE = 8  # smaller cannot hold a readable character: refuse instead of answering noise
 OPEN_PATHS = ("/livez", "/readyz", "/metrics")  # probes and scraping never need the API key
 
 
 def with_models(cls: type) -> type:
     """One class attribute per served type: where `bentoml build` looks for the models to pack."""
-    for name in MODEL_TYPES:
+    for name in CAPTCHA_TYPES:
         setattr(cls, f"model_{name}", bentoml.models.BentoModel(f"{registered_name(name)}:latest"))
     return cls
 
@@ -52,7 +53,7 @@ class ApiError(Exception):
 
 app = FastAPI(title="Captcha recognition")
 Upload = Annotated[UploadFile, File(description="the captcha image, any format PIL reads")]
-ModelField = Annotated[str | None, Form(description="captcha type; default: the first of CAPTCHA_MODELS")]
+TypeField = Annotated[str | None, Form(description="captcha type; default: the first of CAPTCHA_TYPES")]
 
 
 @app.exception_handler(ApiError)
@@ -61,10 +62,7 @@ async def api_error(_: Request, error: ApiError) -> JSONResponse:
     return JSONResponse(error.body, status_code=error.status, headers=headers)
 
 
-@app.exception_handler(RequestValidationError)
-async def validation_error(_: Request, error: RequestValidationError) -> JSONResponse:
-    fields = sorted({".".join(str(part) for part in e["loc"][1:]) for e in error.errors()})
-    return JSONResponse({"error": f"invalid or missing fields: {', '.join(fields)}"}, status_code=422)
+app.add_exception_handler(RequestValidationError, invalid_fields)
 
 
 class Guard:
@@ -121,7 +119,7 @@ class Captcha:
         # served the most requests/s, leaving the other core to HTTP (README.md, Serving benchmark).
         tf.config.threading.set_intra_op_parallelism_threads(SETTINGS.model_threads)
         tf.config.threading.set_inter_op_parallelism_threads(SETTINGS.model_threads)
-        stored = {name: getattr(self, f"model_{name}") for name in MODEL_TYPES}
+        stored = {name: getattr(self, f"model_{name}") for name in CAPTCHA_TYPES}
         self.recognizers = {name: Recognizer.load(model.path) for name, model in stored.items()}
         self.versions = {name: model.tag.version for name, model in stored.items()}
         self.factories = {
@@ -131,7 +129,7 @@ class Captcha:
         batch_sizes = Histogram(
             "captcha_batch_size",
             "Images read in one model call (adaptive batching)",
-            ["model"],
+            ["captcha_type"],
             buckets=[2**i for i in range(SETTINGS.max_batch_size.bit_length() + 1)],
         )
         one_model_at_a_time = threading.Lock()  # the models share the cores: never run two at once
@@ -140,7 +138,7 @@ class Captcha:
                 recognizer.read_arrays,
                 SETTINGS.max_batch_size,
                 SETTINGS.queue_deadline_ms / 1000,
-                on_batch=batch_sizes.labels(model=name).observe,
+                on_batch=batch_sizes.labels(captcha_type=name).observe,
                 model_lock=one_model_at_a_time,
                 name=name,
             )
@@ -156,14 +154,14 @@ class Captcha:
         gc.collect()
         gc.freeze()
 
-    def model_name(self, model: str | None) -> str:
-        name = model or DEFAULT_MODEL
+    def served_type(self, captcha_type: str | None) -> str:
+        name = captcha_type or DEFAULT_TYPE
         if name not in self.recognizers:
-            raise ApiError(404, f"unknown model {name!r}", models=MODEL_TYPES)
+            raise ApiError(404, f"unknown captcha type {name!r}", captcha_types=CAPTCHA_TYPES)
         return name
 
-    async def recognize_upload(self, upload: UploadFile, model: str | None) -> dict[str, Any]:
-        name = self.model_name(model)
+    async def recognize_upload(self, upload: UploadFile, captcha_type: str | None) -> dict[str, Any]:
+        name = self.served_type(captcha_type)
         data = await upload.read(SETTINGS.max_bytes + 1)
         if len(data) > SETTINGS.max_bytes:
             raise ApiError(413, f"image larger than {SETTINGS.max_bytes} bytes")
@@ -186,34 +184,35 @@ class Captcha:
             "text": reading.text,
             "confidences": [round(c, 4) for c in reading.confidences],
             "valid": reading.valid,
-            "model": name,
+            "captcha_type": name,
             "version": self.versions[name],
             "seconds": round(seconds, 4),
             "batch_size": batch_size,
         }
 
     @app.post("/recognize")
-    async def recognize(self, image_file: Upload, model: ModelField = None) -> dict[str, Any]:
-        """Read a captcha: multipart `image_file`, optional `model` (a captcha type; default the first served)."""
-        return await self.recognize_upload(image_file, model)
+    async def recognize(self, image_file: Upload, captcha_type: TypeField = None) -> dict[str, Any]:
+        """Read a captcha: multipart `image_file`, optional `captcha_type` (default: the first served)."""
+        return await self.recognize_upload(image_file, captcha_type)
 
     @app.post("/b")
-    async def seed_recognize(self, image_file: Upload, model: ModelField = None) -> dict[str, Any]:
+    async def seed_recognize(self, image_file: Upload, captcha_type: TypeField = None) -> dict[str, Any]:
         """The original cnn_captcha API: {"time", "value"} (plus this service's fields)."""
-        result = await self.recognize_upload(image_file, model)
+        result = await self.recognize_upload(image_file, captcha_type)
         return {"time": result["seconds"], "value": result["text"], **result}
 
     @app.get("/captcha/")
-    def captcha(self, model: Annotated[str | None, Query()] = None) -> Response:
+    def captcha(self, captcha_type: Annotated[str | None, Query()] = None) -> Response:
         """A fresh random captcha of a served type, as PNG: test data for the clients."""
-        factory = self.factories[self.model_name(model)]
+        factory = self.factories[self.served_type(captcha_type)]
         buffer = io.BytesIO()
         factory.render(factory.random_label()).save(buffer, format="PNG")
         return Response(buffer.getvalue(), media_type="image/png")
 
-    @app.get("/models")
-    def models(self) -> dict[str, Any]:
-        return {"default": DEFAULT_MODEL, "models": {name: {"version": v} for name, v in self.versions.items()}}
+    @app.get("/types")
+    def types(self) -> dict[str, Any]:
+        """The captcha types served, each with its model version; the default one."""
+        return {"default": DEFAULT_TYPE, "captcha_types": {name: {"version": v} for name, v in self.versions.items()}}
 
 
 Captcha.add_asgi_middleware(Guard)

@@ -47,7 +47,7 @@ def latest_run(arch: str, since: float) -> dict[str, float | str]:
     """Metrics of the newest MLflow run of `arch` started after `since` (epoch seconds)."""
     mlflow.set_tracking_uri(tracking_uri())
     runs = mlflow.search_runs(
-        experiment_names=[registered_name(load_params().data.name)],
+        experiment_names=[registered_name(load_params().data.captcha_type)],
         filter_string=f"tags.arch = '{arch}' and attributes.start_time > {int(since * 1000)}",
         order_by=["attributes.start_time DESC"],
         max_results=1,

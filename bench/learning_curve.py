@@ -50,7 +50,7 @@ TEST_SEED, LABELLED_SEED = 1, 2  # separate image streams: no test image is ever
 def recipe(style: Style) -> dict[str, Any]:
     """The README's own-images recipe for a style: the only keys a user sets."""
     return {
-        "data.name": f"own_{style.name}",
+        "data.captcha_type": f"own_{style.name}",
         "data.charset_from_data": True,
         "data.min_length": style.min_length,
         "data.max_length": style.max_length,

@@ -24,7 +24,6 @@ import json
 import multiprocessing
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -44,16 +43,11 @@ from captcha_mlops.paths import ROOT
 from captcha_mlops.settings import ServiceSettings
 from captcha_mlops.synth import CaptchaFactory
 from captcha_mlops.tracking import registered_name
+from captcha_mlops.tracking_server import free_port
 
 RESULTS = ROOT / "bench" / "results"
 BENTOML = Path(sys.executable).with_name("bentoml")
 SERVE = ["serve", "service:Captcha", "--timeout-keep-alive", "75"]  # service.py says why the keep-alive
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @contextlib.contextmanager
@@ -197,7 +191,7 @@ def summarize(rows: list[dict]) -> dict[str, Any]:
     }
 
 
-def raw_model(model_type: str, batch_size: int, seconds: float, threads: int | None) -> dict[str, float]:
+def raw_model(captcha_type: str, batch_size: int, seconds: float, threads: int | None) -> dict[str, float]:
     """The model alone, without HTTP: images per second on full batches (the serving ceiling), the p50 ms of
     reading one image (the floor of a single request's latency) and the CPU cores it kept busy.
 
@@ -205,10 +199,10 @@ def raw_model(model_type: str, batch_size: int, seconds: float, threads: int | N
     it first runs, so each measurement runs in a fresh process.
     """
     with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
-        return pool.submit(_time_raw_model, model_type, batch_size, seconds, threads).result()
+        return pool.submit(_time_raw_model, captcha_type, batch_size, seconds, threads).result()
 
 
-def _time_raw_model(model_type: str, batch_size: int, seconds: float, threads: int | None) -> dict[str, float]:
+def _time_raw_model(captcha_type: str, batch_size: int, seconds: float, threads: int | None) -> dict[str, float]:
     import tensorflow as tf
 
     if threads is not None:
@@ -216,7 +210,7 @@ def _time_raw_model(model_type: str, batch_size: int, seconds: float, threads: i
         tf.config.threading.set_inter_op_parallelism_threads(threads)
     from captcha_mlops.recognizer import Recognizer
 
-    recognizer = Recognizer.load(bentoml.models.get(f"{registered_name(model_type)}:latest").path)
+    recognizer = Recognizer.load(bentoml.models.get(f"{registered_name(captcha_type)}:latest").path)
     meta = recognizer.meta
     batch = np.random.default_rng(0).integers(0, 256, (batch_size, meta.height, meta.width, 1), dtype=np.uint8)
     recognizer.read_arrays(batch)  # trace once
@@ -239,8 +233,8 @@ def _time_raw_model(model_type: str, batch_size: int, seconds: float, threads: i
     }
 
 
-def sample_images(model_type: str, count: int) -> list[bytes]:
-    meta = bentoml.models.get(f"{registered_name(model_type)}:latest").info.metadata
+def sample_images(captcha_type: str, count: int) -> list[bytes]:
+    meta = bentoml.models.get(f"{registered_name(captcha_type)}:latest").info.metadata
     factory = CaptchaFactory(meta["charset"], meta["min_length"], meta["max_length"], meta["width"], meta["height"])
     images = []
     for index in range(count):
@@ -274,7 +268,7 @@ def box_plot(rows: list[dict], path: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="alnum4", help="captcha type to load (must be packaged)")
+    parser.add_argument("--captcha-type", default="alnum4", help="must be packaged")
     parser.add_argument("--requests", type=int, default=2000, help="requests per concurrency level")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32, 64])
     parser.add_argument("--memory-requests", type=int, default=10000, help="long run for the RSS check")
@@ -282,8 +276,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    images = sample_images(args.model, 200)
-    env = {"CAPTCHA_MODELS": args.model, "CAPTCHA_MAX_CONCURRENCY": "1024"}
+    images = sample_images(args.captcha_type, 200)
+    env = {"CAPTCHA_TYPES": args.captcha_type, "CAPTCHA_MAX_CONCURRENCY": "1024"}
     rows: list[dict] = []
     summary: dict[str, object] = {
         "command": "python -m bench.serving " + " ".join(sys.argv[1:]),
@@ -327,8 +321,8 @@ def main() -> None:
 
     # The ceiling the issue compares with: the model on every core. And the model as the service runs it.
     threads = ServiceSettings().model_threads
-    raw = raw_model(args.model, 64, args.raw_seconds, threads=None)
-    raw_as_served = raw_model(args.model, 64, args.raw_seconds, threads=threads)
+    raw = raw_model(args.captcha_type, 64, args.raw_seconds, threads=None)
+    raw_as_served = raw_model(args.captcha_type, 64, args.raw_seconds, threads=threads)
     on = summary[f"batching_on_c{off_level}"]["throughput_per_s"]  # type: ignore[index]
     off = summary[f"batching_off_c{off_level}"]["throughput_per_s"]  # type: ignore[index]
     summary["raw_model"] = {"all_cores": raw, "as_served": {"threads": threads, **raw_as_served}}

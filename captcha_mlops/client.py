@@ -1,6 +1,6 @@
 """Clients of the captcha service (service.py), as the seed's recognize_local/recognize_online scripts.
 
-    python -m captcha_mlops.client folder data/new --url http://localhost:3000 [--model alnum4]
+    python -m captcha_mlops.client folder data/new --url http://localhost:3000 [--captcha-type alnum4]
     python -m captcha_mlops.client online --captcha-url http://localhost:3000/captcha/ \\
         --url http://localhost:3000 --out data/new --count 100
 
@@ -25,13 +25,15 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".gif", ".bmp", ".webp"}
 
 
 class CaptchaClient:
-    def __init__(self, url: str, model: str | None = None, api_key: str | None = None, timeout: float = 30) -> None:
+    def __init__(
+        self, url: str, captcha_type: str | None = None, api_key: str | None = None, timeout: float = 30
+    ) -> None:
         headers = {"X-API-Key": api_key} if api_key else {}
         self.http = httpx.Client(base_url=url.rstrip("/"), headers=headers, timeout=timeout)
-        self.model = model
+        self.captcha_type = captcha_type
 
     def recognize(self, image: bytes, filename: str = "captcha.png") -> dict[str, Any]:
-        data = {"model": self.model} if self.model else {}
+        data = {"captcha_type": self.captcha_type} if self.captcha_type else {}
         response = self.http.post("/recognize", files={"image_file": (filename, image)}, data=data)
         if response.is_error:
             raise RuntimeError(f"{filename}: HTTP {response.status_code} {response.text}")
@@ -81,10 +83,10 @@ def main(argv: list[str] | None = None) -> int:
     online.add_argument("--count", type=int, default=10)
     for command in (folder, online):
         command.add_argument("--url", default="http://localhost:3000", help="the captcha service")
-        command.add_argument("--model", help="captcha type (default: the service's default)")
+        command.add_argument("--captcha-type", help="default: the service's default type")
     args = parser.parse_args(argv)
 
-    client = CaptchaClient(args.url, args.model, args.api_key)
+    client = CaptchaClient(args.url, args.captcha_type, args.api_key)
     try:
         if args.command == "folder":
             total, correct = recognize_folder(client, args.dir)

@@ -15,13 +15,16 @@ class ParamsError(ValueError):
     """params.yaml does not match the schema below."""
 
 
+RENAMED = {"data.name": "data.captcha_type"}  # keys of older params.yaml files, for the error message
+
+
 class Section(BaseModel):
     # Strict: YAML's `true` is no width and "10" no count (an int still passes for a float).
     model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
 
 
 class DataParams(Section):
-    name: str = Field("alnum4", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")  # an identifier: it names files and models
+    captcha_type: str = Field("alnum4", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")  # an identifier: it names files and models
     charset: str = "0123456789abcdefghijklmnopqrstuvwxyz"
     charset_from_data: bool = False
     min_length: int = Field(4, ge=1)
@@ -139,6 +142,8 @@ def _describe(error: Any) -> str:
     for part in error["loc"][:-1]:
         section = section.model_fields[part].annotation
     message = f"unknown key {key} (known keys: {', '.join(section.model_fields)})"
+    if key in RENAMED:
+        return f"{message}; it is now {RENAMED[key]}"
     # Params are grouped by stage: `data.count` is most likely `generate.count`.
     elsewhere = [known for known in Params().as_flat_dict() if known.rpartition(".")[2] == error["loc"][-1]]
     return f"{message}; did you mean {' or '.join(elsewhere)}?" if elsewhere else message

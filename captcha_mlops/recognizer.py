@@ -31,7 +31,7 @@ META_FILE = "meta.json"
 class ModelMeta:
     """What serving must know about a model; stored beside it (and in MLflow and the BentoML store)."""
 
-    name: str
+    captcha_type: str
     charset: str
     min_length: int
     max_length: int
@@ -48,6 +48,7 @@ class ModelMeta:
     @classmethod
     def read(cls, model_dir: str | Path) -> ModelMeta:
         raw = json.loads((Path(model_dir) / META_FILE).read_text(encoding="utf-8"))
+        raw.setdefault("captcha_type", raw.get("name"))  # models trained before the field's rename
         return cls(**{field.name: raw[field.name] for field in dataclasses.fields(cls) if field.name in raw})
 
     def write(self, model_dir: str | Path) -> None:

@@ -3,7 +3,7 @@
     python -m captcha_mlops.review --kept DIR [--to TYPE=DIR ...] [--port 8000]    (make review KEPT=DIR)
 
 DIR is the service's CAPTCHA_SAVE_DIR (default: $CAPTCHA_SAVE_DIR). Each type's labelled images go to the
-folder `--to` names; the type in ./params.yaml (data.name) goes to data/new/ unless told otherwise, so the
+folder `--to` names; the type in ./params.yaml (data.captcha_type) goes to data/new/ unless told otherwise, so the
 next `dvc repro` trains on them. CAPTCHA_API_KEY, when set, guards every route, as on the service: the
 page's login form turns it into a cookie.
 """
@@ -25,7 +25,8 @@ from pydantic import BaseModel
 from starlette.exceptions import HTTPException
 
 from captcha_mlops.kept import KeptImages, ReviewError
-from captcha_mlops.settings import KEY_COOKIE, carries_api_key, load_settings
+from captcha_mlops.settings import load_settings
+from captcha_mlops.web import KEY_COOKIE, carries_api_key, invalid_fields
 
 PAGE = Path(__file__).with_name("review.html")
 LOGIN = """<!doctype html><html lang="en"><meta charset="utf-8"><title>Captcha review: API key</title>
@@ -64,10 +65,7 @@ def create_app(kept: KeptImages, destinations: dict[str, Path], api_key: str) ->
     async def http_error(_: Request, error: HTTPException) -> JSONResponse:
         return JSONResponse({"error": str(error.detail)}, status_code=error.status_code)
 
-    @app.exception_handler(RequestValidationError)
-    async def validation_error(_: Request, error: RequestValidationError) -> JSONResponse:
-        fields = sorted({".".join(str(part) for part in e["loc"][1:]) for e in error.errors()})
-        return JSONResponse({"error": f"invalid or missing fields: {', '.join(fields)}"}, status_code=422)
+    app.add_exception_handler(RequestValidationError, invalid_fields)
 
     @app.post("/login")
     def login(key: Annotated[str, Form()] = "") -> Response:
@@ -116,10 +114,10 @@ def create_app(kept: KeptImages, destinations: dict[str, Path], api_key: str) ->
 
 
 def default_destinations(params: Path = Path("params.yaml")) -> dict[str, Path]:
-    """The project's own type (data.name) -> data/new/, when run from a project."""
+    """The project's own type (data.captcha_type) -> data/new/, when run from a project."""
     if not params.is_file():
         return {}
-    name = (yaml.safe_load(params.read_text(encoding="utf-8")) or {}).get("data", {}).get("name")
+    name = (yaml.safe_load(params.read_text(encoding="utf-8")) or {}).get("data", {}).get("captcha_type")
     return {name: Path("data/new").resolve()} if name else {}
 
 

@@ -6,9 +6,6 @@ service before it starts, with a message naming the variable.
 
 from __future__ import annotations
 
-import hmac
-from collections.abc import Mapping
-from http.cookies import CookieError, SimpleCookie
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -18,7 +15,6 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from captcha_mlops.preprocess import MAX_PIXELS
 
 ENV_PREFIX = "CAPTCHA_"
-KEY_COOKIE = "captcha_api_key"  # set by the review page's login form: a browser cannot send a header itself
 
 
 class SettingsError(ValueError):
@@ -28,8 +24,8 @@ class SettingsError(ValueError):
 class ServiceSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, frozen=True)
 
-    # The captcha types served, comma-separated (CAPTCHA_MODELS=alnum4,digits5); the first is the default.
-    models: Annotated[list[str], NoDecode] = ["alnum4"]
+    # The captcha types served, comma-separated (CAPTCHA_TYPES=alnum4,digits5); the first is the default.
+    types: Annotated[list[str], NoDecode] = ["alnum4"]
     api_key: str = ""  # empty: no key asked
     max_bytes: PositiveInt = 1024 * 1024
     max_pixels: PositiveInt = MAX_PIXELS
@@ -41,18 +37,20 @@ class ServiceSettings(BaseSettings):
     max_concurrency: PositiveInt = 128  # requests in progress per worker; more get 503 at once
     timeout_s: PositiveInt = 30
 
-    @field_validator("models", mode="before")
+    @field_validator("types", mode="before")
     @classmethod
     def _split_names(cls, value: Any) -> Any:
         return [name.strip() for name in value.split(",") if name.strip()] if isinstance(value, str) else value
 
-    @field_validator("models")
+    @field_validator("types")
     @classmethod
     def _captcha_types(cls, names: list[str]) -> list[str]:
         if not names:
             raise ValueError("names no captcha type; expected e.g. alnum4 or alnum4,digits5")
         if wrong := [name for name in names if not name.isidentifier()]:
-            raise ValueError(f"{', '.join(map(repr, wrong))} is not a captcha type name (data.name in params.yaml)")
+            raise ValueError(
+                f"{', '.join(map(repr, wrong))} is not a captcha type name (data.captcha_type in params.yaml)"
+            )
         return names
 
     @field_validator("save_dir", mode="before")
@@ -76,18 +74,3 @@ def load_settings() -> ServiceSettings:
             for e in error.errors(include_url=False)
         ]
         raise SettingsError("; ".join(problems)) from None
-
-
-def carries_api_key(expected: str, headers: Mapping[str, str]) -> bool:
-    """Whether a request (lower-cased header names) may pass: no key is asked, or it carries the key in
-    `X-API-Key`, `Authorization: Bearer` or the review page's cookie. Compared in constant time."""
-    if not expected:
-        return True
-    authorization = headers.get("authorization", "")
-    offered = [headers.get("x-api-key", ""), authorization[7:] if authorization[:7].lower() == "bearer " else ""]
-    try:
-        cookie = SimpleCookie(headers.get("cookie", "")).get(KEY_COOKIE)
-    except CookieError:
-        cookie = None
-    offered.append(cookie.value if cookie is not None else "")
-    return any(hmac.compare_digest(key.encode(), expected.encode()) for key in offered if key)

@@ -40,6 +40,7 @@ class ServerError(RuntimeError):
 
 
 def free_port() -> int:
+    """A loopback port no one listens on now: for the servers the project's scripts, tests and benchmarks start."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]

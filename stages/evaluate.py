@@ -118,7 +118,7 @@ def main() -> None:
     failures = [(p, t, g) for p, t, g in zip(paths, truths, guesses) if t != g]
     draw_failures(REPORTS / "failures.png", failures[: params.evaluate.gallery_size])
 
-    use_experiment(meta.name)
+    use_experiment(meta.captcha_type)
     with mlflow.start_run(run_id=meta.run_id):
         mlflow.log_metrics({k if k.startswith("test_") else f"test_{k}": v for k, v in metrics.items()})
         for name in ("metrics.json", "confusions.json", "failures.png"):

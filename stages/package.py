@@ -1,12 +1,12 @@
 """Stage 5: promote the best MLflow run of a captcha type and package it for serving.
 
-Picks the run of experiment `captcha-<name>` with the highest `test_image_accuracy` among runs that logged a
-model, registers that model as `captcha-<name>` (alias `champion`), downloads it FROM MLflow and imports it
-into the BentoML model store as `captcha-<name>`. So the champion is served, not necessarily the model that
+Picks the run of experiment `captcha-<captcha_type>` with the highest `test_image_accuracy` among runs that logged a
+model, registers that model as `captcha-<captcha_type>` (alias `champion`), downloads it FROM MLflow and imports it
+into the BentoML model store as `captcha-<captcha_type>`. So the champion is served, not necessarily the model that
 the workspace just trained. Writes models/bento_model.json, the record of what was packaged.
 
-    python -m stages.package                 # data.name from params.yaml
-    python -m stages.package --name digits5  # any other captcha type tracked in the same MLflow store
+    python -m stages.package                 # data.captcha_type from params.yaml
+    python -m stages.package --captcha-type digits5  # any other captcha type tracked in the same MLflow store
 """
 
 from __future__ import annotations
@@ -135,17 +135,18 @@ def package(captcha_type: str, min_accuracy: float) -> dict[str, Any]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--name", help="captcha type (default: data.name in params.yaml)")
-    parser.add_argument("--record", type=Path, help=f"where to write the record (default: {RECORD} for data.name)")
+    parser.add_argument("--captcha-type", help="default: data.captcha_type in params.yaml")
+    parser.add_argument(
+        "--record", type=Path, help=f"where to write the record (default: {RECORD} for data.captcha_type)"
+    )
     args = parser.parse_args()
     params = load_params()
-    params_name = params.data.name
-    captcha_type = args.name or params_name
+    captcha_type = args.captcha_type or params.data.captcha_type
     try:
         record = package(captcha_type, params.package.min_test_image_accuracy)
     except PackageError as error:
         raise SystemExit(f"package: {error}") from None
-    record_path = args.record or (RECORD if captcha_type == params_name else None)
+    record_path = args.record or (RECORD if captcha_type == params.data.captcha_type else None)
     if record_path is not None:
         record_path.parent.mkdir(parents=True, exist_ok=True)
         record_path.write_text(json.dumps(record, indent=2) + "\n")

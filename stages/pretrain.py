@@ -75,7 +75,7 @@ def pretrain(params: Params, charset: str) -> dict:
     train = params.train.model_copy(
         update={"steps": pretraining.steps, "batch_size": pretraining.batch_size, "max_minutes": 0.0}
     )
-    use_experiment(data.name)
+    use_experiment(data.captcha_type)
     with mlflow.start_run(run_name=f"pretrain-{time.strftime('%Y%m%d-%H%M%S')}") as run:
         mlflow.set_tags({"stage": "pretrain", "arch": params.model.arch})
         mlflow.log_params({f"pretrain.{k}": v for k, v in params.pretrain.model_dump().items()})

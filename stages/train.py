@@ -62,7 +62,7 @@ def fingerprint(params: Params, data: str, pretrained_run: str) -> str:
 
 def start_run(params: Params, data: str, pretrained_run: str) -> mlflow.ActiveRun:
     """A new MLflow run, or the interrupted one when its checkpoint was made under the same params and data."""
-    use_experiment(params.data.name)
+    use_experiment(params.data.captcha_type)
     current = fingerprint(params, data, pretrained_run)
     has_checkpoint = (CHECKPOINTS / "training_metadata.json").exists()  # BackupAndRestore's, once per round
     if has_checkpoint and FINGERPRINT_FILE.read_text() == current:
@@ -126,7 +126,7 @@ def main() -> None:
 def save_model(model: keras.Model, params: Params, codec: Codec, run_id: str, version: str) -> None:
     data = params.data
     meta = ModelMeta(
-        name=data.name,
+        captcha_type=data.captcha_type,
         charset=codec.charset,
         min_length=data.min_length,
         max_length=data.max_length,

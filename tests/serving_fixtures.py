@@ -15,8 +15,15 @@ from bench.serving import serving
 from tests.conftest import BIN, project_env, run
 
 API_KEY = "test-key-123"
-MODELS = ["alnum4", "digits5"]
-DIGITS5 = {"name": "digits5", "charset": "0123456789", "min_length": 5, "max_length": 5, "width": 120, "height": 50}
+CAPTCHA_TYPES = ["alnum4", "digits5"]
+DIGITS5 = {
+    "captcha_type": "digits5",
+    "charset": "0123456789",
+    "min_length": 5,
+    "max_length": 5,
+    "width": 120,
+    "height": 50,
+}
 MAX_BYTES = 200_000
 
 
@@ -59,7 +66,7 @@ def packaged(
 def server(packaged: Packaged, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     save_dir = tmp_path_factory.mktemp("saved")
     env = packaged.env(packaged.alnum4) | {
-        "CAPTCHA_MODELS": ",".join(MODELS),
+        "CAPTCHA_TYPES": ",".join(CAPTCHA_TYPES),
         "CAPTCHA_API_KEY": API_KEY,
         "CAPTCHA_SAVE_DIR": str(save_dir),
         "CAPTCHA_MAX_BYTES": str(MAX_BYTES),

@@ -19,7 +19,7 @@ def test_folder_reads_every_image_and_reports_accuracy(
 ) -> None:
     for source in sorted((server.packaged.digits5 / "data/origin").glob("*.png"))[:4]:
         shutil.copy(source, tmp_path)
-    code = main(["--api-key", API_KEY, "folder", str(tmp_path), "--url", server.url, "--model", "digits5"])
+    code = main(["--api-key", API_KEY, "folder", str(tmp_path), "--url", server.url, "--captcha-type", "digits5"])
     lines = capsys.readouterr().out.splitlines()
     assert code == 0
     assert len(lines) == 5 and re.fullmatch(r"accuracy: \d/4 = \d\.\d{4}", lines[-1])
@@ -33,7 +33,7 @@ def test_online_fetches_reads_and_saves_under_the_reading(
 ) -> None:
     url, out = server.url, str(tmp_path)
     captcha_url = f"{url}/captcha/?model=digits5"
-    options = ["--url", url, "--model", "digits5", "--out", out, "--count", "3"]
+    options = ["--url", url, "--captcha-type", "digits5", "--out", out, "--count", "3"]
     code = main(["--api-key", API_KEY, "online", "--captcha-url", captcha_url, *options])
     assert code == 0
     saved = sorted(tmp_path.iterdir())

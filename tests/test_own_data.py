@@ -15,7 +15,7 @@ from tests.conftest import project_env, run
 STYLE = STYLES["speckle5"]
 RECIPE = {
     "data": {
-        "name": "own5",
+        "captcha_type": "own5",
         "charset_from_data": True,
         "min_length": STYLE.min_length,
         "max_length": STYLE.max_length,

@@ -12,7 +12,7 @@ import mlflow
 import yaml
 
 from tests.conftest import BIN, REPO, TINY_PARAMS, project_env, run
-from tests.serving_fixtures import MODELS, Packaged
+from tests.serving_fixtures import CAPTCHA_TYPES, Packaged
 
 
 def bento_models(env: dict[str, str], root: Path) -> list[dict]:
@@ -59,7 +59,7 @@ def test_package_ignores_runs_without_a_model_and_is_idempotent(pipeline_project
 
 def test_bentoml_build_packs_service_code_and_both_models(packaged: Packaged) -> None:
     root = packaged.alnum4
-    env = packaged.env(root) | {"CAPTCHA_MODELS": ",".join(MODELS)}
+    env = packaged.env(root) | {"CAPTCHA_TYPES": ",".join(CAPTCHA_TYPES)}
     tag = run([str(BIN / "bentoml"), "build", "-o", "tag"], root, env=env).strip().splitlines()[-1]
     tag = tag.removeprefix("__tag__:")
     bento_dir = Path(run([str(BIN / "bentoml"), "get", tag, "-o", "path"], root, env=env).strip().splitlines()[-1])
@@ -104,7 +104,7 @@ def test_package_serves_the_better_of_two_real_runs_not_the_newer(project_factor
     """Two full `dvc repro` runs of one captcha type: a trained one, then a barely trained one. The champion, the
     registry alias and the BentoML model stay the first run's, and the second `package` says so."""
     # One of two letters per image: 60 steps learn it, 1 step reads at chance.
-    data = {"name": "coin", "charset": "ab", "min_length": 1, "max_length": 1, "width": 48, "height": 32}
+    data = {"captcha_type": "coin", "charset": "ab", "min_length": 1, "max_length": 1, "width": 48, "height": 32}
     train = TINY_PARAMS["train"] | {"steps": 60}
     root = project_factory("two_runs", {"data": data, "generate": {"count": 200}, "train": train})
     env = project_env(root)

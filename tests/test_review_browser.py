@@ -24,9 +24,9 @@ from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.ui import WebDriverWait
 
-from bench.serving import free_port
 from captcha_mlops.kept import CaptchaType, KeptImages
 from captcha_mlops.synth import CaptchaFactory
+from captcha_mlops.tracking_server import free_port
 
 KEY = "browser-key"
 ALNUM4 = CaptchaType("alnum4", "0123456789abcdefghijklmnopqrstuvwxyz", 4, 4)

@@ -18,7 +18,7 @@ import pytest
 from PIL import Image
 
 from captcha_mlops.recognizer import Recognizer
-from tests.serving_fixtures import API_KEY, MAX_BYTES, MODELS, Server
+from tests.serving_fixtures import API_KEY, CAPTCHA_TYPES, MAX_BYTES, Server
 
 SIZES = {"alnum4": (100, 60), "digits5": (120, 50)}
 CHARSETS = {"alnum4": "0123456789abcdefghijklmnopqrstuvwxyz", "digits5": "0123456789"}
@@ -30,28 +30,30 @@ def encode(image: Image.Image, fmt: str = "PNG", **options: object) -> bytes:
     return buffer.getvalue()
 
 
-def fresh_captcha(client: httpx.Client, model: str) -> bytes:
-    response = client.get("/captcha/", params={"model": model})
+def fresh_captcha(client: httpx.Client, captcha_type: str) -> bytes:
+    response = client.get("/captcha/", params={"captcha_type": captcha_type})
     assert response.status_code == 200 and response.headers["content-type"] == "image/png"
     return response.content
 
 
-@pytest.mark.parametrize("model", MODELS)
-def test_captcha_route_returns_a_png_of_the_models_size(server: Server, model: str) -> None:
+@pytest.mark.parametrize("captcha_type", CAPTCHA_TYPES)
+def test_captcha_route_returns_a_png_of_the_models_size(server: Server, captcha_type: str) -> None:
     with server.client() as client:
-        image = Image.open(io.BytesIO(fresh_captcha(client, model)))
-        assert image.format == "PNG" and image.size == SIZES[model]
+        image = Image.open(io.BytesIO(fresh_captcha(client, captcha_type)))
+        assert image.format == "PNG" and image.size == SIZES[captcha_type]
 
 
-@pytest.mark.parametrize("model", MODELS)
-def test_recognize_reads_with_the_named_model(server: Server, model: str) -> None:
+@pytest.mark.parametrize("captcha_type", CAPTCHA_TYPES)
+def test_recognize_reads_with_the_named_captcha_type(server: Server, captcha_type: str) -> None:
     with server.client() as client:
-        image = fresh_captcha(client, model)
-        response = client.post("/recognize", files={"image_file": ("c.png", image)}, data={"model": model})
+        image = fresh_captcha(client, captcha_type)
+        response = client.post(
+            "/recognize", files={"image_file": ("c.png", image)}, data={"captcha_type": captcha_type}
+        )
     assert response.status_code == 200, response.text
     body = response.json()
-    assert body["model"] == model and body["version"]
-    assert set(body["text"]) <= set(CHARSETS[model]) and len(body["text"]) <= len("12345")
+    assert body["captcha_type"] == captcha_type and body["version"]
+    assert set(body["text"]) <= set(CHARSETS[captcha_type]) and len(body["text"]) <= len("12345")
     assert len(body["confidences"]) == len(body["text"]) and all(0 <= c <= 1 for c in body["confidences"])
     assert body["seconds"] > 0
 
@@ -59,20 +61,26 @@ def test_recognize_reads_with_the_named_model(server: Server, model: str) -> Non
 def test_seed_route_b_answers_time_and_value_like_recognize(server: Server) -> None:
     with server.client() as client:
         image = fresh_captcha(client, "digits5")
-        seed = client.post("/b", files={"image_file": ("c.png", image, "image/png")}, data={"model": "digits5"}).json()
-        ours = client.post("/recognize", files={"image_file": ("c.png", image)}, data={"model": "digits5"}).json()
+        seed = client.post(
+            "/b", files={"image_file": ("c.png", image, "image/png")}, data={"captcha_type": "digits5"}
+        ).json()
+        ours = client.post(
+            "/recognize", files={"image_file": ("c.png", image)}, data={"captcha_type": "digits5"}
+        ).json()
         default = client.post("/b", files={"image_file": ("c.png", fresh_captcha(client, "alnum4"))}).json()
-    assert isinstance(seed["time"], float) and seed["value"] == ours["text"] and seed["model"] == "digits5"
-    assert default["model"] == MODELS[0]  # no model field: the first of CAPTCHA_MODELS
+    assert isinstance(seed["time"], float) and seed["value"] == ours["text"] and seed["captcha_type"] == "digits5"
+    assert default["captcha_type"] == CAPTCHA_TYPES[0]  # no captcha_type field: the first of CAPTCHA_TYPES
 
 
-def test_unknown_model_is_404_listing_the_known_ones(server: Server) -> None:
+def test_unknown_captcha_type_is_404_listing_the_known_ones(server: Server) -> None:
     with server.client() as client:
         image = fresh_captcha(client, "alnum4")
         for route in ("/recognize", "/b"):
-            response = client.post(route, files={"image_file": ("c.png", image)}, data={"model": "nope"})
-            assert response.status_code == 404 and response.json()["models"] == MODELS
-        assert client.get("/captcha/", params={"model": "nope"}).status_code == 404
+            response = client.post(route, files={"image_file": ("c.png", image)}, data={"captcha_type": "nope"})
+            assert response.status_code == 404 and response.json()["captcha_types"] == CAPTCHA_TYPES
+        assert client.get("/captcha/", params={"captcha_type": "nope"}).status_code == 404
+        served = client.get("/types").json()
+    assert served["default"] == CAPTCHA_TYPES[0] and list(served["captcha_types"]) == CAPTCHA_TYPES
 
 
 def png_header_only(width: int, height: int) -> bytes:
@@ -133,7 +141,7 @@ def test_legal_images_of_any_mode_and_size_are_read(server: Server, name: str) -
 
 def test_missing_field_is_a_json_422(server: Server) -> None:
     with server.client() as client:
-        response = client.post("/recognize", data={"model": "alnum4"})
+        response = client.post("/recognize", data={"captcha_type": "alnum4"})
     assert response.status_code == 422 and "image_file" in response.json()["error"]
 
 
@@ -155,7 +163,7 @@ def test_received_images_are_kept_for_review_with_their_reading(server: Server) 
         for _ in range(3):
             image = fresh_captcha(client, "digits5")
             files = {"image_file": ("../../escape.png", image)}
-            response = client.post("/recognize", files=files, data={"model": "digits5"})
+            response = client.post("/recognize", files=files, data={"captcha_type": "digits5"})
             assert response.status_code == 200
             answers.append(response.json())
     pending = server.save_dir / "digits5/pending"
@@ -184,22 +192,26 @@ def batch_size_histogram(metrics: str) -> tuple[float, float]:
 
 def test_concurrent_requests_all_succeed_and_are_batched(server: Server) -> None:
     with server.client() as client:
-        images = {model: fresh_captcha(client, model) for model in MODELS}
+        images = {captcha_type: fresh_captcha(client, captcha_type) for captcha_type in CAPTCHA_TYPES}
         before = batch_size_histogram(client.get("/metrics").text)
 
     async def burst() -> list[httpx.Response]:
         headers = {"X-API-Key": API_KEY}
         async with httpx.AsyncClient(base_url=server.url, headers=headers, timeout=120) as client:
             requests = [
-                client.post("/recognize", files={"image_file": ("c.png", images[model])}, data={"model": model})
-                for model in MODELS * 32
+                client.post(
+                    "/recognize",
+                    files={"image_file": ("c.png", images[captcha_type])},
+                    data={"captcha_type": captcha_type},
+                )
+                for captcha_type in CAPTCHA_TYPES * 32
             ]
             return await asyncio.gather(*requests)
 
     responses = asyncio.run(burst())
     assert [r.status_code for r in responses] == [200] * 64, {r.status_code: r.text for r in responses}
     bodies = [r.json() for r in responses]
-    assert [b["model"] for b in bodies] == MODELS * 32
+    assert [b["captcha_type"] for b in bodies] == CAPTCHA_TYPES * 32
     assert max(b["batch_size"] for b in bodies) > 1, "concurrent requests were read together"
 
     with server.client() as client:
@@ -231,15 +243,16 @@ def response_complete(response: bytes) -> bool:
     return bool(separator) and length is not None and len(body) >= int(length.group(1))
 
 
-@pytest.mark.parametrize("model", MODELS)
-def test_the_served_answer_is_the_offline_recognizer_reading(server: Server, model: str) -> None:
+@pytest.mark.parametrize("captcha_type", CAPTCHA_TYPES)
+def test_the_served_answer_is_the_offline_recognizer_reading(server: Server, captcha_type: str) -> None:
     """The train/serve contract: the service reads an upload exactly as `Recognizer` (evaluate) does."""
     with server.client() as client:
-        uploads = [fresh_captcha(client, model) for _ in range(3)] + [encode(Image.new("L", (90, 40), 255))]
+        uploads = [fresh_captcha(client, captcha_type) for _ in range(3)] + [encode(Image.new("L", (90, 40), 255))]
         bodies = [
-            client.post("/recognize", files={"image_file": ("c.png", u)}, data={"model": model}).json() for u in uploads
+            client.post("/recognize", files={"image_file": ("c.png", u)}, data={"captcha_type": captcha_type}).json()
+            for u in uploads
         ]
-    model_dir = server.packaged.bento_home / "models" / f"captcha-{model}" / bodies[0]["version"]
+    model_dir = server.packaged.bento_home / "models" / f"captcha-{captcha_type}" / bodies[0]["version"]
     readings = Recognizer.load(model_dir).read_images([Image.open(io.BytesIO(upload)) for upload in uploads])
     for body, reading in zip(bodies, readings):
         assert body["text"] == reading.text and body["valid"] == reading.valid
