@@ -96,3 +96,11 @@ def test_a_reading_of_the_wrong_length_is_marked_invalid(tmp_path: Path) -> None
     (reading,) = Recognizer.load(tmp_path).read_arrays(np.zeros((1, 20, 40, 1), np.uint8))
 
     assert reading.text == "" and not reading.valid
+
+
+def test_meta_written_before_the_captcha_type_rename_still_reads(tmp_path: Path) -> None:
+    meta = ModelMeta("digits5", "0123456789", 5, 5, 120, 50, "ctc")
+    meta.write(tmp_path)
+    old = (tmp_path / "meta.json").read_text().replace('"captcha_type"', '"name"')
+    (tmp_path / "meta.json").write_text(old)
+    assert ModelMeta.read(tmp_path) == meta
