@@ -20,11 +20,11 @@ next `KeptImages`, and a double submit finds the id claimed or labelled instead 
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import math
 import os
 import re
-import shutil
 import time
 import uuid
 from collections.abc import Sequence
@@ -92,6 +92,10 @@ def write_atomically(path: Path, data: bytes) -> None:
     os.replace(part, path)
 
 
+def read_type(path: Path) -> CaptchaType:
+    return CaptchaType(**json.loads(path.read_text(encoding="utf-8")))
+
+
 def to_json(record: dict) -> bytes:
     return (json.dumps(record, indent=1, ensure_ascii=False) + "\n").encode()
 
@@ -131,10 +135,9 @@ class KeptImages:
             received=round(time.time(), 3),
         )
         pending = self.folder(type_name, "pending")
-        image = image.convert("RGBA" if "A" in image.getbands() else "RGB")
-        part = pending / f".{record.id}.png.part"
-        image.save(part, format="PNG")
-        os.replace(part, pending / f"{record.id}.png")
+        png = io.BytesIO()
+        image.convert("RGBA" if "A" in image.getbands() else "RGB").save(png, format="PNG")
+        write_atomically(pending / f"{record.id}.png", png.getvalue())
         write_atomically(pending / f"{record.id}.json", to_json(dataclasses.asdict(record)))
         return record
 
@@ -142,13 +145,13 @@ class KeptImages:
 
     def types(self) -> list[CaptchaType]:
         found = sorted(self.root.glob(f"*/{TYPE_FILE}")) if self.root.is_dir() else []
-        return [CaptchaType(**json.loads(path.read_text(encoding="utf-8"))) for path in found]
+        return [read_type(path) for path in found]
 
     def captcha_type(self, type_name: str) -> CaptchaType:
         path = self.folder(type_name) / TYPE_FILE
         if not path.is_file():
             raise ReviewError(404, f"unknown captcha type {type_name!r}")
-        return CaptchaType(**json.loads(path.read_text(encoding="utf-8")))
+        return read_type(path)
 
     def counts(self, type_name: str) -> dict[str, int]:
         folder = self.folder(type_name)
@@ -230,8 +233,6 @@ class KeptImages:
         image = folder / "pending" / f"{image_id}.png"
         if not target.exists():
             target.parent.mkdir(parents=True, exist_ok=True)
-            part = target.with_name(f".{target.name}.part")
-            shutil.copyfile(image, part)  # a copy, not a rename: data/new may be on another file system
-            os.replace(part, target)
+            write_atomically(target, image.read_bytes())  # a copy, not a rename: data/new may be on another disk
         image.unlink(missing_ok=True)
         (folder / "claimed" / f"{image_id}.json").unlink(missing_ok=True)
