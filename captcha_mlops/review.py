@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import uvicorn
-import yaml
 from fastapi import FastAPI, Form, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response
@@ -25,6 +24,7 @@ from pydantic import BaseModel
 from starlette.exceptions import HTTPException
 
 from captcha_mlops.kept import KeptImages, ReviewError
+from captcha_mlops.params import ParamsError, load_params
 from captcha_mlops.settings import load_settings
 from captcha_mlops.web import KEY_COOKIE, carries_api_key, invalid_fields
 
@@ -114,11 +114,13 @@ def create_app(kept: KeptImages, destinations: dict[str, Path], api_key: str) ->
 
 
 def default_destinations(params: Path = Path("params.yaml")) -> dict[str, Path]:
-    """The project's own type (data.captcha_type) -> data/new/, when run from a project."""
+    """The project's own type (data.captcha_type, as the stages read it) -> data/new/, when run from a project."""
     if not params.is_file():
         return {}
-    name = (yaml.safe_load(params.read_text(encoding="utf-8")) or {}).get("data", {}).get("captcha_type")
-    return {name: Path("data/new").resolve()} if name else {}
+    try:
+        return {load_params(params).data.captcha_type: Path("data/new").resolve()}
+    except ParamsError as error:
+        raise SystemExit(f"review: {error}") from None
 
 
 def parse_destinations(pairs: list[str]) -> dict[str, Path]:

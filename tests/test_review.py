@@ -12,7 +12,7 @@ from PIL import Image
 
 from captcha_mlops.kept import CaptchaType, KeptImages
 from captcha_mlops.labels import label_from_name
-from captcha_mlops.review import create_app
+from captcha_mlops.review import create_app, default_destinations
 
 KEY = "review-key"
 ALNUM4 = CaptchaType("alnum4", "0123456789abcdefghijklmnopqrstuvwxyz", 4, 4)
@@ -203,3 +203,17 @@ def test_an_interrupted_review_is_finished_or_put_back(kept: KeptImages, new: Pa
     assert [r.id for r in kept.pending("alnum4", 10)] == [undecided]
     assert not list(folder.glob("claimed/*"))
     assert kept.counts("alnum4") == {"pending": 1, "labelled": 1, "unreadable": 0}
+
+
+def test_the_projects_own_type_goes_to_data_new_as_the_stages_name_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert default_destinations() == {}, "not run from a project"
+    (tmp_path / "params.yaml").write_text("data: {captcha_type: own5}\n")
+    assert default_destinations() == {"own5": tmp_path / "data" / "new"}
+    (tmp_path / "params.yaml").write_text("train: {steps: 10}\n")
+    assert default_destinations() == {"alnum4": tmp_path / "data" / "new"}, "the default type, as train uses it"
+    (tmp_path / "params.yaml").write_text("data: {name: own5}\n")
+    with pytest.raises(SystemExit, match=r"unknown key data\.name"):
+        default_destinations()
