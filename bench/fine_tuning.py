@@ -164,8 +164,9 @@ def main() -> None:
     }
     print(f"bench: {json.dumps(result)}", flush=True)
     out = RESULTS / "fine_tuning.json"
-    previous = json.loads(out.read_text())["results"] if out.exists() else []
-    out.write_text(json.dumps({"command": "python -m bench.fine_tuning", "results": [*previous, result]}, indent=2))
+    results = json.loads(out.read_text()) if out.exists() else {"command": "python -m bench.fine_tuning", "results": []}
+    results["results"].append(result)  # the file's other keys (its command, notes) are kept
+    out.write_text(json.dumps(results, indent=2) + "\n")
 
 
 if __name__ == "__main__":
