@@ -12,8 +12,11 @@ test images, as bench/learning_curve.py scores them.
 - `averaged-weights`: validate, keep and serve an exponential moving average of the weights (momentum 0.99).
 
     python -m bench.fine_tuning --pretrained RUN_ID --variant recipe --labels 200 --seed 1
+    python -m bench.fine_tuning --pretrained RUN_ID --labels 1000 --test-every-round   # which round to keep?
 
-Each call adds one result to bench/results/fine_tuning.json.
+Each call adds one result to bench/results/fine_tuning.json; with `--test-every-round` it holds every validation
+round's validation accuracy and loss beside the test accuracy of that round's weights (README, "Which weights
+are kept").
 """
 
 from __future__ import annotations
@@ -100,6 +103,23 @@ def average_weights() -> None:
     training.stops = lambda train, validation_images: [*stops(train, validation_images), Restore()]
 
 
+def test_every_round(recognizer: Recognizer, tests: list[Path], rounds: list[dict]) -> None:
+    """After each validation round (batch-norm statistics fresh), the round's test accuracy into `rounds`."""
+    truth = [label_from_name(path) for path in tests]
+    images = [Image.open(path) for path in tests]
+
+    class TestAccuracy(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+            logs = logs or {}
+            _, accuracy = text_accuracies(truth, [r.text for r in recognizer.read_images(images)])
+            step = int(self.model.optimizer.iterations.numpy())
+            rounds.append({"step": step, **{k: round(float(logs[k]), 4) for k in ("val_image_accuracy", "val_loss")}})
+            rounds[-1]["test_image_accuracy"] = round(accuracy, 4)
+
+    stops = training.stops
+    training.stops = lambda train, validation_images: [*stops(train, validation_images), TestAccuracy()]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--style", default="overlap6", choices=list(STYLES))
@@ -108,6 +128,7 @@ def main() -> None:
     parser.add_argument("--labels", type=int, default=200)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--synthetic", type=int, default=6000, help="rehearsal: synthetic captchas drawn")
+    parser.add_argument("--test-every-round", action="store_true", help="record each round's test accuracy")
     args = parser.parse_args()
     style = STYLES[args.style]
     mlflow.set_tracking_uri(tracking_uri())
@@ -144,11 +165,16 @@ def main() -> None:
         elif args.variant == "averaged-weights":
             average_weights()
 
+        meta = ModelMeta(data.captcha_type, charset, data.min_length, data.max_length, data.width, data.height, "ctc")
+        recognizer = Recognizer(model, meta)
+        rounds: list[dict] = []
+        if args.test_every_round:
+            test_every_round(recognizer, tests, rounds)
+
         started = time.monotonic()
         train = TrainParams(seed=args.seed)
         summary = training.fit(model, images, targets, codec.num_classes, "ctc", train, Path(workdir) / "log.csv")
-        meta = ModelMeta(data.captcha_type, charset, data.min_length, data.max_length, data.width, data.height, "ctc")
-        readings = Recognizer(model, meta).read_images([Image.open(path) for path in tests])
+        readings = recognizer.read_images([Image.open(path) for path in tests])
     char_accuracy, image_accuracy = text_accuracies([label_from_name(p) for p in tests], [r.text for r in readings])
     result = {
         "style": style.name,
@@ -161,6 +187,7 @@ def main() -> None:
         "minutes": round((time.monotonic() - started) / 60, 1),
         "stopped_at_step": summary["steps"],
         "pretrained_run_id": args.pretrained,
+        **({"rounds": rounds} if rounds else {}),
     }
     print(f"bench: {json.dumps(result)}", flush=True)
     out = RESULTS / "fine_tuning.json"

@@ -112,7 +112,7 @@ def main() -> None:
         log_manifests({"training": SPLIT / "train.csv", "test": SPLIT / "test.csv"})
         summary = fit(model, images, targets, codec.num_classes, params.model.arch, train, TRAIN_LOG, CHECKPOINTS)
         save_model(model, params, codec, run.info.run_id, version)
-        mlflow.log_metrics({f"best_{k}": v for k, v in summary.items() if k.startswith("val_")})
+        mlflow.log_metrics({f"final_{k}": v for k, v in summary.items() if k.startswith("val_")})
         (REPORTS / "train_metrics.json").write_text(json.dumps(summary, indent=2) + "\n")
         mlflow.log_artifact(str(TRAIN_LOG))
         hint = not_learning_hint(summary["val_image_accuracy"], summary["train_images"], charset)
