@@ -71,7 +71,7 @@ class Kept:
     """One kept image's record: its sidecar."""
 
     id: str
-    type: str
+    captcha_type: str
     version: str  # the model version that read it (BentoML tag version)
     text: str
     confidences: list[float]
@@ -94,6 +94,12 @@ def write_atomically(path: Path, data: bytes) -> None:
 
 def read_type(path: Path) -> CaptchaType:
     return CaptchaType(**json.loads(path.read_text(encoding="utf-8")))
+
+
+def read_kept(path: Path) -> Kept:
+    raw = json.loads(path.read_text(encoding="utf-8"))
+    raw.setdefault("captcha_type", raw.pop("type", None))  # sidecars kept before the field's rename
+    return Kept(**raw)
 
 
 def to_json(record: dict) -> bytes:
@@ -126,7 +132,7 @@ class KeptImages:
         """Save an image read and its reading; pending review. The image first: a sidecar always has one."""
         record = Kept(
             id=uuid.uuid4().hex,
-            type=type_name,
+            captcha_type=type_name,
             version=version,
             text=text,
             confidences=[round(c, 4) for c in confidences],
@@ -162,7 +168,7 @@ class KeptImages:
         records = []
         for path in self.folder(type_name, "pending").glob("*.json"):
             try:
-                records.append(Kept(**json.loads(path.read_text(encoding="utf-8"))))
+                records.append(read_kept(path))
             except FileNotFoundError:  # labelled by another reviewer since the listing
                 continue
         return sorted(records, key=lambda record: record.priority)[:limit]

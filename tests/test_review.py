@@ -49,7 +49,20 @@ def test_the_service_keeps_a_sidecar_with_the_reading_under_its_own_names(kept: 
     assert sorted(p.name for p in pending.iterdir()) == [f"{image_id}.json", f"{image_id}.png"]
     record = json.loads((pending / f"{image_id}.json").read_text())
     assert record["text"] == "ab12" and record["version"] == "v1" and record["valid"] is True
+    assert record["captcha_type"] == "alnum4"
     assert record["confidence"] == pytest.approx(0.36) and record["confidences"] == [0.5, 0.9, 1.0, 0.8]
+
+
+def test_sidecars_kept_before_the_captcha_type_rename_are_still_listed(kept: KeptImages) -> None:
+    image_id = keep(kept, "ab12", [0.5] * 4)
+    sidecar = kept.root / "alnum4/pending" / f"{image_id}.json"
+    record = json.loads(sidecar.read_text())
+    record["type"] = record.pop("captcha_type")  # as the service wrote it until the rename
+    sidecar.write_text(json.dumps(record))
+
+    [listed] = kept.pending("alnum4", limit=10)
+
+    assert listed.id == image_id and listed.captcha_type == "alnum4"
 
 
 def test_pending_lists_the_least_sure_first_wrong_lengths_before_all(client: TestClient, kept: KeptImages) -> None:

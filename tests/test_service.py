@@ -170,7 +170,7 @@ def test_received_images_are_kept_for_review_with_their_reading(server: Server) 
     records = [json.loads(path.read_text()) for path in pending.glob("*.json")]
     assert len(records) >= 3, "every image read is kept, with its reading beside it"
     for record in records:
-        assert re.fullmatch(r"[0-9a-f]{32}", record["id"]) and record["type"] == "digits5"
+        assert re.fullmatch(r"[0-9a-f]{32}", record["id"]) and record["captcha_type"] == "digits5"
         Image.open(pending / f"{record['id']}.png").verify()
     kept = {(r["text"], tuple(r["confidences"]), r["version"]) for r in records}
     assert all((a["text"], tuple(a["confidences"]), a["version"]) in kept for a in answers)
