@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -176,7 +177,9 @@ def main() -> None:
         summary = training.fit(model, images, targets, codec.num_classes, "ctc", train, Path(workdir) / "log.csv")
         readings = recognizer.read_images([Image.open(path) for path in tests])
     char_accuracy, image_accuracy = text_accuracies([label_from_name(p) for p in tests], [r.text for r in readings])
+    head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout
     result = {
+        "commit": head[:12],
         "style": style.name,
         "variant": args.variant,
         "labels": args.labels,
