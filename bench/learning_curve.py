@@ -202,8 +202,8 @@ def main() -> None:
                 point = run_point(commit.stdout.strip(), style, pool[:labels], tests, cache, extra)
                 print(f"bench: {json.dumps({k: v for k, v in point.items() if k != 'train'})}", flush=True)
                 points.append(point)
-                results = save(args.out, previous, points)  # after every point: an interrupted run keeps them
-    plot(results["points"], args.out.with_suffix(".png"))
+                save(args.out, previous, points)  # after every point: an interrupted run keeps them
+    plot(points, args.out.with_suffix(".png"))  # this run's points: earlier ones may be of other code
     draw_samples(args.out.with_name(f"{args.out.stem}_styles.png"))
 
 
