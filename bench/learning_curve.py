@@ -188,7 +188,8 @@ def main() -> None:
     args = parser.parse_args()
     extra = {key: yaml.safe_load(value) for key, value in (item.split("=", 1) for item in args.set)}
 
-    previous = json.loads(args.out.read_text())["points"] if args.out.exists() else []
+    previous = json.loads(args.out.read_text()) if args.out.exists() else {"points": []}
+    command = "python -m bench.learning_curve " + " ".join(sys.argv[1:])
     # Every point runs the same code, whatever is committed meanwhile (a code change re-runs pretraining).
     commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True)
     points = []
@@ -199,7 +200,10 @@ def main() -> None:
             tests = style.write(Path(workdir) / name / "test", args.test_images, TEST_SEED)
             pool = style.write(Path(workdir) / name / "labelled", max(args.labels), LABELLED_SEED)
             for labels in sorted(args.labels):
-                point = run_point(commit.stdout.strip(), style, pool[:labels], tests, cache, extra)
+                point = {
+                    "command": command,
+                    **run_point(commit.stdout.strip(), style, pool[:labels], tests, cache, extra),
+                }
                 print(f"bench: {json.dumps({k: v for k, v in point.items() if k != 'train'})}", flush=True)
                 points.append(point)
                 save(args.out, previous, points)  # after every point: an interrupted run keeps them
@@ -207,20 +211,22 @@ def main() -> None:
     draw_samples(args.out.with_name(f"{args.out.stem}_styles.png"))
 
 
-def save(out: Path, previous: list[dict], points: list[dict]) -> dict:
-    """Write the measured points into `out`, replacing earlier ones of the same style, labels and overrides."""
-    measured = {(p["style"], p["labels"], json.dumps(p["overrides"], sort_keys=True)) for p in points}
-    kept = [
-        p for p in previous if (p["style"], p["labels"], json.dumps(p["overrides"], sort_keys=True)) not in measured
-    ]
+def point_key(point: dict) -> tuple:
+    return point.get("commit", ""), point["style"], point["labels"], json.dumps(point["overrides"], sort_keys=True)
+
+
+def save(out: Path, previous: dict, points: list[dict]) -> None:
+    """Write the measured points into `out` beside the earlier ones (the README compares commits), replacing
+    those of the same commit, style, labels and overrides; the file's other keys are kept."""
+    measured = {point_key(p) for p in points}
+    kept = [p for p in previous["points"] if point_key(p) not in measured]
     results = {
-        "command": "python -m bench.learning_curve " + " ".join(sys.argv[1:]),
+        **previous,
         "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores",
         "points": sorted(kept + points, key=lambda p: (p["style"], json.dumps(p["overrides"]), p["labels"])),
     }
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2) + "\n")
-    return results
 
 
 if __name__ == "__main__":

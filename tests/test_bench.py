@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
@@ -12,7 +13,7 @@ import pytest
 from PIL import Image
 
 from bench.accuracy import accuracy_ratio
-from bench.learning_curve import recipe
+from bench.learning_curve import recipe, save
 from bench.serving import cpu_meter, with_cpu
 from bench.styles import STYLES, Style
 from captcha_mlops.labels import label_from_name
@@ -37,6 +38,20 @@ def test_the_learning_curve_recipe_only_sets_what_the_readme_tells_a_user_to() -
         keys = set(recipe(style))
         assert all(key.startswith(("data.", "generate.", "verify_split.")) for key in keys)
         assert recipe(style)["generate.count"] == 0 and recipe(style)["data.charset_from_data"] is True
+
+
+def test_learning_curve_results_keep_other_commits_points_and_the_files_notes(tmp_path: Path) -> None:
+    def point(commit: str, accuracy: float) -> dict:
+        return {"commit": commit, "style": "overlap6", "labels": 200, "overrides": {}, "test_image_accuracy": accuracy}
+
+    out = tmp_path / "curve.json"
+    previous = {"note": "how the old points were measured", "points": [point("aaa", 0.8), point("bbb", 0.85)]}
+
+    save(out, previous, [point("bbb", 0.9)])
+
+    written = json.loads(out.read_text())
+    assert written["note"] == previous["note"]
+    assert sorted((p["commit"], p["test_image_accuracy"]) for p in written["points"]) == [("aaa", 0.8), ("bbb", 0.9)]
 
 
 def test_accuracy_ratio_is_undefined_when_the_seed_reads_nothing() -> None:
