@@ -20,6 +20,7 @@ next `KeptImages`, and a double submit finds the id claimed or labelled instead 
 from __future__ import annotations
 
 import dataclasses
+import heapq
 import io
 import json
 import math
@@ -111,6 +112,9 @@ class KeptImages:
 
     def __init__(self, root: Path) -> None:
         self.root = root.resolve()
+        # Pending sidecars already read, by path: a sidecar is written once and never changed while
+        # pending, so each page load reads only the images kept since the last one.
+        self.read_pending: dict[Path, Kept] = {}
 
     def folder(self, type_name: str, part: str = "") -> Path:
         if not type_name.isidentifier():
@@ -165,13 +169,19 @@ class KeptImages:
 
     def pending(self, type_name: str, limit: int) -> list[Kept]:
         """The `limit` least sure pending readings of a type, least sure first."""
+        folder = self.folder(type_name, "pending")
+        paths = set(folder.glob("*.json"))
+        for path in [path for path in self.read_pending if path.parent == folder and path not in paths]:
+            del self.read_pending[path]  # reviewed since
         records = []
-        for path in self.folder(type_name, "pending").glob("*.json"):
-            try:
-                records.append(read_kept(path))
-            except FileNotFoundError:  # labelled by another reviewer since the listing
-                continue
-        return sorted(records, key=lambda record: record.priority)[:limit]
+        for path in paths:
+            if path not in self.read_pending:
+                try:
+                    self.read_pending[path] = read_kept(path)
+                except FileNotFoundError:  # labelled by another reviewer since the listing
+                    continue
+            records.append(self.read_pending[path])
+        return heapq.nsmallest(limit, records, key=lambda record: record.priority)
 
     def image_path(self, type_name: str, image_id: str) -> Path:
         path = self.folder(type_name, "pending") / f"{self.checked_id(image_id)}.png"

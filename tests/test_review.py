@@ -11,6 +11,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from captcha_mlops.kept import CaptchaType, KeptImages
+from captcha_mlops.kept import read_kept as real_read
 from captcha_mlops.labels import label_from_name
 from captcha_mlops.review import create_app, default_destinations
 
@@ -77,6 +78,22 @@ def test_pending_lists_the_least_sure_first_wrong_lengths_before_all(client: Tes
     assert [item["id"] for item in response.json()["items"]] == [blank, short, unsure, sure]
     assert response.json()["counts"] == {"pending": 4, "labelled": 0, "unreadable": 0}
     assert [item["id"] for item in client.get("/api/pending/alnum4?limit=1").json()["items"]] == [blank]
+
+
+def test_pending_reads_each_sidecar_once_and_follows_the_queue(
+    kept: KeptImages, new: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first, second = keep(kept, "aaaa", [0.5] * 4), keep(kept, "bbbb", [0.6] * 4)
+    read = []
+    monkeypatch.setattr("captcha_mlops.kept.read_kept", lambda path: read.append(path.stem) or real_read(path))
+    assert [record.id for record in kept.pending("alnum4", 10)] == [first, second]
+
+    kept.label("alnum4", first, "abcd", new)
+    third = keep(kept, "cccc", [0.4] * 4)
+    queue = [record.id for record in kept.pending("alnum4", 10)]
+
+    assert queue == [third, second]  # the labelled one gone, the new one in
+    assert sorted(read) == sorted([first, second, third])  # each sidecar read once over both listings
 
 
 def test_a_label_moves_the_image_into_data_new_once(client: TestClient, kept: KeptImages, new: Path) -> None:
