@@ -67,6 +67,7 @@ class VerifySplitParams(Section):
 class ModelParams(Section):
     arch: Literal["ctc", "compact", "seed"] = "ctc"
     filters: list[int] = [32, 64, 128, 192]
+    convs_per_block: int = Field(1, ge=1)
     dropout: float = Field(0.3, ge=0, lt=1)
     rnn_units: int = Field(128, ge=1)
 

@@ -56,6 +56,17 @@ def test_ctc_needs_a_column_per_character_and_blank() -> None:
         build_model(ModelParams(arch="ctc"), height=60, width=80, max_length=6, num_classes=37)
 
 
+@pytest.mark.parametrize("arch", ["compact", "ctc"])
+def test_convs_per_block_deepens_the_middle_blocks_only(arch: str) -> None:
+    def conv_channels(convs_per_block: int) -> list[int]:
+        params = ModelParams(arch=arch, filters=[8, 16, 24, 32], convs_per_block=convs_per_block)
+        model = build_model(params, 40, 100, 5, 11)
+        return [layer.filters for layer in model.layers if isinstance(layer, keras.layers.Conv2D)]
+
+    assert conv_channels(1) == [8, 16, 24, 32]
+    assert conv_channels(2) == [8, 16, 16, 24, 24, 32]
+
+
 @pytest.mark.parametrize("arch", ["compact", "ctc", "seed"])
 def test_every_arch_trains_saves_and_reads_in_the_same_form(arch: str, tmp_path: Path) -> None:
     codec = Codec("0123456789", max_length=5)
