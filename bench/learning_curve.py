@@ -14,6 +14,7 @@ whole `dvc repro`, pretraining included where it ran. Runs are tracked in this r
     python -m bench.learning_curve                                   # both styles, 100..1600 labels
     python -m bench.learning_curve --styles speckle5 --labels 200 1000
     python -m bench.learning_curve --labels 200 --set pretrain.images=0   # the same without pretraining
+    python -m bench.learning_curve --plot fbb303d b4f9294                # redraw the PNG from these commits' points
 """
 
 from __future__ import annotations
@@ -133,23 +134,28 @@ def run_point(
     return point if readings is None else point | {"readings": readings}
 
 
+def series_name(point: dict) -> str:
+    """A point's style and what its overrides add to the style's recipe: the same name, the same curve."""
+    added = {k: v for k, v in point["overrides"].items() if recipe(STYLES[point["style"]]).get(k) != v}
+    return ", ".join([point["style"], *(f"{k}={v}" for k, v in sorted(added.items()))])
+
+
 def plot(points: list[dict], path: Path) -> None:
-    figure, axis = plt.subplots(figsize=(7, 4.2))
-    series: dict[tuple[str, bool], list[dict]] = {}
+    figure, axis = plt.subplots(figsize=(7.5, 4.5))
+    series: dict[str, list[dict]] = {}
     for point in points:
-        key = (point["style"], "pretrain.images" in point["overrides"])
-        series.setdefault(key, []).append(point)
-    for (style, changed), rows in sorted(series.items()):
+        series.setdefault(series_name(point), []).append(point)
+    for name, rows in sorted(series.items()):
         rows.sort(key=lambda row: row["labels"])
-        label = f"{style}, no pretraining" if changed else style
-        axis.plot([r["labels"] for r in rows], [r["test_image_accuracy"] for r in rows], "o-", label=label)
+        axis.plot([r["labels"] for r in rows], [r["test_image_accuracy"] for r in rows], "o-", label=name)
     axis.set_xscale("log")
-    axis.set_xlabel("labelled images (README recipe, nothing tuned)")
-    axis.set_ylabel("test image accuracy")
-    axis.set_ylim(0, 1.02)
+    axis.set_xlabel("labelled images (README recipe)")
+    axis.set_ylabel(f"test image accuracy ({points[0]['test_images']} images)")
+    lowest = min(point["test_image_accuracy"] for point in points)
+    axis.set_ylim(max(0.0, round(lowest - 0.05, 1)), 1.005)
     axis.axhline(0.99, color="grey", linewidth=0.8, linestyle=":")
     axis.grid(alpha=0.3)
-    axis.legend()
+    axis.legend(fontsize="small")
     axis.set_title("How many labelled captchas a site needs")
     figure.tight_layout()
     figure.savefig(path, dpi=90)
@@ -185,7 +191,20 @@ def main() -> None:
         default=Path(tempfile.gettempdir()) / "captcha-mlops-curve-cache",
         help="the DVC cache all points share: kept, so a later run with the same code reuses its pretraining",
     )
+    parser.add_argument(
+        "--plot",
+        nargs="+",
+        metavar="COMMIT",
+        help="measure nothing: redraw the PNG from the points of these commits (prefixes) in --out",
+    )
     args = parser.parse_args()
+    if args.plot:
+        points = json.loads(args.out.read_text())["points"]
+        chosen = [point for point in points if point.get("commit", "").startswith(tuple(args.plot))]
+        if not chosen:
+            raise SystemExit(f"no points of {' '.join(args.plot)} in {args.out}")
+        plot(chosen, args.out.with_suffix(".png"))
+        return
     extra = {key: yaml.safe_load(value) for key, value in (item.split("=", 1) for item in args.set)}
 
     previous = json.loads(args.out.read_text()) if args.out.exists() else {"points": []}

@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from bench.accuracy import accuracy_ratio
-from bench.learning_curve import recipe, save
+from bench.learning_curve import recipe, save, series_name
 from bench.serving import cpu_meter, with_cpu
 from bench.styles import STYLES, Style
 from captcha_mlops.labels import label_from_name
@@ -52,6 +52,16 @@ def test_learning_curve_results_keep_other_commits_points_and_the_files_notes(tm
     written = json.loads(out.read_text())
     assert written["note"] == previous["note"]
     assert sorted((p["commit"], p["test_image_accuracy"]) for p in written["points"]) == [("aaa", 0.8), ("bbb", 0.9)]
+
+
+def test_a_learning_curve_point_is_named_by_what_it_adds_to_the_recipe() -> None:
+    overlap6 = recipe(STYLES["overlap6"])
+    extra = {"pretrain.images": 0, "model.convs_per_block": 2}
+
+    assert series_name({"style": "overlap6", "overrides": overlap6}) == "overlap6"
+    assert series_name({"style": "overlap6", "overrides": {**overlap6, **extra}}) == (
+        "overlap6, model.convs_per_block=2, pretrain.images=0"
+    )
 
 
 def test_accuracy_ratio_is_undefined_when_the_seed_reads_nothing() -> None:
