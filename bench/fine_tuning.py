@@ -81,8 +81,9 @@ def rehearse(synthetic: tuple[np.ndarray, np.ndarray]) -> None:
     training.make_dataset = mixed
 
 
-def average_weights() -> None:
-    """AdamW keeps a moving average of the weights; each validation (and so the kept model) reads it."""
+def average_weights() -> keras.callbacks.Callback:
+    """AdamW keeps a moving average of the weights; each validation (and so the kept model) reads it.
+    The callback returned puts the raw weights back once the stops have read the averaged round."""
     keras.optimizers.AdamW = functools.partial(keras.optimizers.AdamW, use_ema=True, ema_momentum=0.99)
     measure_batch_norm = training.FreshBatchNorm.on_test_begin
     raw: list[np.ndarray] = []
@@ -94,17 +95,16 @@ def average_weights() -> None:
             variable.assign(average)
         measure_batch_norm(self, logs)
 
-    class Restore(keras.callbacks.Callback):  # after the stops have read and kept the averaged round
+    class Restore(keras.callbacks.Callback):
         def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
             for variable, value in zip(self.model.optimizer._trainable_variables, raw):
                 variable.assign(value)
 
     training.FreshBatchNorm.on_test_begin = on_test_begin
-    stops = training.stops
-    training.stops = lambda train, validation_images: [*stops(train, validation_images), Restore()]
+    return Restore()
 
 
-def test_every_round(recognizer: Recognizer, tests: list[Path], rounds: list[dict]) -> None:
+def test_every_round(recognizer: Recognizer, tests: list[Path], rounds: list[dict]) -> keras.callbacks.Callback:
     """After each validation round (batch-norm statistics fresh), the round's test accuracy into `rounds`."""
     truth = [label_from_name(path) for path in tests]
     images = [Image.open(path) for path in tests]
@@ -117,8 +117,7 @@ def test_every_round(recognizer: Recognizer, tests: list[Path], rounds: list[dic
             rounds.append({"step": step, **{k: round(float(logs[k]), 4) for k in ("val_image_accuracy", "val_loss")}})
             rounds[-1]["test_image_accuracy"] = round(accuracy, 4)
 
-    stops = training.stops
-    training.stops = lambda train, validation_images: [*stops(train, validation_images), TestAccuracy()]
+    return TestAccuracy()
 
 
 def main() -> None:
@@ -156,6 +155,7 @@ def main() -> None:
         model = build_model(ModelParams(), data.height, data.width, data.max_length, codec.num_classes)
         model.load_weights(Path(pretrained) / "model.weights.h5")
 
+        callbacks = []
         if args.variant == "rehearsal":
             task = functools.partial(synthesize, data=data, charset=charset, fonts=PRETRAIN_FONTS, seed=7)
             drawn = list(parallel_map(task, range(args.synthetic), total=args.synthetic))
@@ -164,17 +164,18 @@ def main() -> None:
         elif args.variant == "strong-augmentation":
             training.augmentation = strong_augmentation
         elif args.variant == "averaged-weights":
-            average_weights()
+            callbacks.append(average_weights())
 
         meta = ModelMeta(data.captcha_type, charset, data.min_length, data.max_length, data.width, data.height, "ctc")
         recognizer = Recognizer(model, meta)
         rounds: list[dict] = []
         if args.test_every_round:
-            test_every_round(recognizer, tests, rounds)
+            callbacks.append(test_every_round(recognizer, tests, rounds))
 
         started = time.monotonic()
         train = TrainParams(seed=args.seed)
-        summary = training.fit(model, images, targets, codec.num_classes, "ctc", train, Path(workdir) / "log.csv")
+        log = Path(workdir) / "log.csv"
+        summary = training.fit(model, images, targets, codec.num_classes, "ctc", train, log, callbacks=callbacks)
         readings = recognizer.read_images([Image.open(path) for path in tests])
     char_accuracy, image_accuracy = text_accuracies([label_from_name(p) for p in tests], [r.text for r in readings])
     head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout

@@ -15,6 +15,7 @@ from __future__ import annotations
 import csv
 import math
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import keras
@@ -281,11 +282,13 @@ def fit(
     train: TrainParams,
     log_csv: Path,
     checkpoints: Path | None = None,
+    callbacks: Sequence[keras.callbacks.Callback] = (),
 ) -> dict[str, float]:
     """Train `model` for `train.steps` steps (or until a stop), hold out a validation set, return a summary
     (the validation accuracies are the last round's: the weights `model` is left with).
 
     `checkpoints`: a folder to save every validation round to and resume from after an interruption.
+    `callbacks`: more Keras callbacks (benchmarks, tests), called after the stops have read each round.
     """
     order = np.random.default_rng(train.seed).permutation(len(images))
     n_val = validation_count(len(images), train.validation_ratio)
@@ -312,9 +315,10 @@ def fit(
     print(f"fit: {len(train_idx)} train / {n_val} validation images, batch {batch_size}, {train.steps} steps")
     sample = train_idx[:BATCH_NORM_SAMPLE]
     norm_ds = make_dataset(images[sample], targets[sample], num_classes, VALIDATION_BATCH, training=False, seed=0)
-    callbacks = [FreshBatchNorm(norm_ds), StepLog(log_csv, train.log_every_n_steps), *stops(train, n_val)]
+    every_round = [FreshBatchNorm(norm_ds), StepLog(log_csv, train.log_every_n_steps), *stops(train, n_val)]
+    every_round += callbacks
     if checkpoints is not None:  # last, so a saved round has already been logged
-        callbacks.append(keras.callbacks.BackupAndRestore(str(checkpoints)))
+        every_round.append(keras.callbacks.BackupAndRestore(str(checkpoints)))
     started = time.monotonic()
     history = trained.fit(
         train_ds,
@@ -323,7 +327,7 @@ def fit(
         steps_per_epoch=steps_per_round(train),
         shuffle=False,  # make_dataset shuffles, reproducibly for train.seed
         verbose=2,
-        callbacks=callbacks,
+        callbacks=every_round,
     )
     return {
         "steps": int(trained.optimizer.iterations.numpy()),

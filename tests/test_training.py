@@ -10,7 +10,6 @@ import mlflow
 import numpy as np
 import pytest
 
-from captcha_mlops import training
 from captcha_mlops.labels import Codec
 from captcha_mlops.model import build_model, training_model
 from captcha_mlops.params import ModelParams, TrainParams
@@ -54,7 +53,7 @@ def test_the_budget_is_optimizer_steps_whatever_the_number_of_images(
     assert summary["batch_size"] == batch_size_for(summary["train_images"], 64)
 
 
-def test_the_model_kept_is_the_last_rounds(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_model_kept_is_the_last_rounds(tmp_path: Path) -> None:
     images, targets = random_set(60)
     model = build_model(ModelParams(filters=[8, 8, 8]), 32, 64, CODEC.max_length, CODEC.num_classes)
     rounds: list[list[np.ndarray]] = []
@@ -63,12 +62,11 @@ def test_the_model_kept_is_the_last_rounds(tmp_path: Path, monkeypatch: pytest.M
         def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
             rounds.append(self.model.get_weights())
 
-    own_stops = training.stops
-    monkeypatch.setattr(training, "stops", lambda train, n: [*own_stops(train, n), Snapshot()])
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
     mlflow.set_experiment("kept")
+    train = TrainParams(steps=12, validate_every=4)
     with mlflow.start_run():
-        fit(model, images, targets, CODEC.num_classes, "ctc", TrainParams(steps=12, validate_every=4), tmp_path / "log")
+        fit(model, images, targets, CODEC.num_classes, "ctc", train, tmp_path / "log", callbacks=[Snapshot()])
 
     assert len(rounds) == 3
     kept = training_model(model).get_weights()
