@@ -91,6 +91,7 @@ class TrainParams(Section):
     patience_steps: int = Field(500, ge=1)
     max_minutes: float = Field(0.0, ge=0)
     log_every_n_steps: int = Field(20, ge=1)
+    precision: Literal["auto", "float32", "mixed_bfloat16"] = "auto"
     seed: int = 0
 
 

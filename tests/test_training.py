@@ -18,6 +18,7 @@ from captcha_mlops.training import (
     PlateauStop,
     StopAtAccuracy,
     batch_size_for,
+    computing_in,
     fit,
     make_dataset,
     not_learning_hint,
@@ -53,7 +54,8 @@ def test_the_budget_is_optimizer_steps_whatever_the_number_of_images(
     assert summary["batch_size"] == batch_size_for(summary["train_images"], 64)
 
 
-def test_the_model_kept_is_the_last_rounds(tmp_path: Path) -> None:
+@pytest.mark.parametrize("precision", ["float32", "mixed_bfloat16"])
+def test_the_model_kept_is_the_last_rounds(tmp_path: Path, precision: str) -> None:
     images, targets = random_set(60)
     model = build_model(ModelParams(filters=[8, 8, 8]), 32, 64, CODEC.max_length, CODEC.num_classes)
     rounds: list[list[np.ndarray]] = []
@@ -64,11 +66,12 @@ def test_the_model_kept_is_the_last_rounds(tmp_path: Path) -> None:
 
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
     mlflow.set_experiment("kept")
-    train = TrainParams(steps=12, validate_every=4)
+    train = TrainParams(steps=12, validate_every=4, precision=precision)
     with mlflow.start_run():
         fit(model, images, targets, CODEC.num_classes, "ctc", train, tmp_path / "log", callbacks=[Snapshot()])
 
     assert len(rounds) == 3
+    assert {layer.dtype_policy.name for layer in model.layers} == {"float32"}  # what is saved and served
     kept = training_model(model).get_weights()
     assert all(np.array_equal(a, b) for a, b in zip(kept, rounds[-1]))
     assert not all(np.array_equal(a, b) for a, b in zip(kept, rounds[0]))
@@ -166,3 +169,18 @@ def test_validation_sees_batch_norm_statistics_of_the_current_weights() -> None:
     features = keras.Model(model.input, first.input)(images, training=True).numpy()
     assert np.allclose(first.moving_mean.numpy(), features.mean(axis=(0, 1, 2)), atol=1e-3), "the mean of the 4 batches"
     assert all(layer.momentum == 0.9 for layer in norms), "the training momentum is left as it was"
+
+
+@pytest.mark.parametrize("arch", ["ctc", "compact"])
+def test_mixed_precision_computes_in_bfloat16_and_answers_float32(arch: str) -> None:
+    model = training_model(build_model(ModelParams(arch=arch, filters=[8, 8, 8]), 32, 64, 4, CODEC.num_classes))
+    mixed = computing_in(model, "mixed_bfloat16")
+
+    hidden = [layer for layer in mixed.layers[1:] if layer.name not in mixed.output_names]
+    assert {layer.compute_dtype for layer in hidden} == {"bfloat16"}
+    assert {variable.dtype for variable in mixed.weights} == {"float32"}  # a copy back loses nothing
+    images = np.random.default_rng(0).integers(0, 256, (4, 32, 64, 1), dtype=np.uint8)
+    scores = keras.ops.convert_to_numpy(mixed(images))
+    assert scores.dtype == np.float32
+    np.testing.assert_allclose(scores, keras.ops.convert_to_numpy(model(images)), atol=0.05)
+    assert computing_in(model, "float32") is model
