@@ -371,8 +371,7 @@ def fit(
         synchronous=False,
     )
     print(
-        f"fit: {len(train_idx)} train / {n_val} validation images, batch {batch_size}, {train.steps} steps, "
-        f"{precision}"
+        f"fit: {len(train_idx)} train / {n_val} validation images, batch {batch_size}, {train.steps} steps, {precision}"
     )
     sample = train_idx[:BATCH_NORM_SAMPLE]
     norm_ds = make_dataset(images[sample], targets[sample], num_classes, VALIDATION_BATCH, training=False, seed=0)
