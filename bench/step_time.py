@@ -2,7 +2,7 @@
 
 Checks each commit out into a temporary worktree, and in turn (A B A B ...) times `train_on_batch` on batches of
 128 images of this checkout's `data/split/train.csv` (run `dvc repro verify_split` first) with that commit's
-network, dataset and optimizer: the median of steps 10-50. Alternating rounds on one machine, so the ratio means
+network, dataset, optimizer and training precision: the median of steps 10-50. Alternating rounds on one machine, so the ratio means
 something where absolute times drift. Writes bench/results/step_time.json.
 
     python -m bench.step_time --commits 65450e9 HEAD --rounds 2
@@ -43,6 +43,11 @@ except ImportError:
     schedule_steps = 141
 keras.utils.set_random_seed(0)
 model = training_model(build_model(params.model, data.height, data.width, data.max_length, codec.num_classes))
+try:  # the precision `fit` trains in, at commits that choose one
+    from captcha_mlops.training import computing_in, resolve_precision
+    model = computing_in(model, resolve_precision(params.train.precision))
+except ImportError:
+    pass
 compile_model(model, params.train, schedule_steps, "ctc")
 batches = iter(make_dataset(images, targets, codec.num_classes, 128, training=True, seed=0).repeat())
 times = []
