@@ -14,6 +14,7 @@ whole `dvc repro`, pretraining included where it ran. Runs are tracked in this r
     python -m bench.learning_curve                                   # both styles, 100..1600 labels
     python -m bench.learning_curve --styles speckle5 --labels 200 1000
     python -m bench.learning_curve --labels 200 --set pretrain.images=0   # the same without pretraining
+    python -m bench.learning_curve --styles overlap6 --labels 1000 --draws 0 1 2   # three sets of 1,000 labels
     python -m bench.learning_curve --plot fbb303d b4f9294                # redraw the PNG from these commits' points
 """
 
@@ -45,7 +46,7 @@ from captcha_mlops.metrics import text_accuracies
 from captcha_mlops.paths import ROOT, tracking_uri
 
 RESULTS = ROOT / "bench" / "results"
-TEST_SEED, LABELLED_SEED = 1, 2  # separate image streams: no test image is ever a labelled one
+TEST_SEED, LABELLED_SEED = 1, 2  # separate image streams: no test image is ever a labelled one (draw d: 2 + d)
 
 
 def recipe(style: Style) -> dict[str, Any]:
@@ -134,6 +135,20 @@ def run_point(
     return point if readings is None else point | {"readings": readings}
 
 
+def plot_series(axis: plt.Axes, name: str, rows: list[dict]) -> None:
+    """One curve: the mean test accuracy at each label count, a bar from the worst to the best draw."""
+    by_labels: dict[int, list[float]] = {}
+    for row in rows:
+        by_labels.setdefault(row["labels"], []).append(row["test_image_accuracy"])
+    counts = sorted(by_labels)
+    means = [sum(by_labels[n]) / len(by_labels[n]) for n in counts]
+    spread = [
+        [m - min(by_labels[n]) for n, m in zip(counts, means)],
+        [max(by_labels[n]) - m for n, m in zip(counts, means)],
+    ]
+    axis.errorbar(counts, means, yerr=spread, fmt="o-", capsize=3, label=name)
+
+
 def series_name(point: dict) -> str:
     """A point's style and what its overrides add to the style's recipe: the same name, the same curve."""
     added = {k: v for k, v in point["overrides"].items() if recipe(STYLES[point["style"]]).get(k) != v}
@@ -146,8 +161,7 @@ def plot(points: list[dict], path: Path) -> None:
     for point in points:
         series.setdefault(series_name(point), []).append(point)
     for name, rows in sorted(series.items()):
-        rows.sort(key=lambda row: row["labels"])
-        axis.plot([r["labels"] for r in rows], [r["test_image_accuracy"] for r in rows], "o-", label=name)
+        plot_series(axis, name, rows)
     axis.set_xscale("log")
     counts = sorted({point["labels"] for point in points})
     axis.set_xticks(counts, [f"{count:,}" for count in counts])
@@ -186,6 +200,9 @@ def main() -> None:
     parser.add_argument("--styles", nargs="+", default=list(STYLES), choices=list(STYLES))
     parser.add_argument("--labels", nargs="+", type=int, default=[100, 200, 400, 1000, 1600])
     parser.add_argument("--test-images", type=int, default=400)
+    parser.add_argument(
+        "--draws", nargs="+", type=int, default=[0], help="labelled sets drawn per point: each another site's sample"
+    )
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="more params.yaml overrides")
     parser.add_argument("--out", type=Path, default=RESULTS / "learning_curve.json", help="adds to it if it exists")
     parser.add_argument(
@@ -220,21 +237,25 @@ def main() -> None:
         for name in args.styles:
             style = STYLES[name]
             tests = style.write(Path(workdir) / name / "test", args.test_images, TEST_SEED)
-            pool = style.write(Path(workdir) / name / "labelled", max(args.labels), LABELLED_SEED)
-            for labels in sorted(args.labels):
-                point = {
-                    "command": command,
-                    **run_point(commit.stdout.strip(), style, pool[:labels], tests, cache, extra),
-                }
-                print(f"bench: {json.dumps({k: v for k, v in point.items() if k != 'train'})}", flush=True)
-                points.append(point)
-                save(args.out, previous, points)  # after every point: an interrupted run keeps them
+            for draw in args.draws:
+                folder = Path(workdir) / name / f"labelled-{draw}"
+                pool = style.write(folder, max(args.labels), LABELLED_SEED + draw)
+                for labels in sorted(args.labels):
+                    point = {
+                        "command": command,
+                        **run_point(commit.stdout.strip(), style, pool[:labels], tests, cache, extra),
+                        "draw": draw,
+                    }
+                    print(f"bench: {json.dumps({k: v for k, v in point.items() if k != 'train'})}", flush=True)
+                    points.append(point)
+                    save(args.out, previous, points)  # after every point: an interrupted run keeps them
     plot(points, args.out.with_suffix(".png"))  # this run's points: earlier ones may be of other code
     draw_samples(args.out.with_name(f"{args.out.stem}_styles.png"))
 
 
 def point_key(point: dict) -> tuple:
-    return point.get("commit", ""), point["style"], point["labels"], json.dumps(point["overrides"], sort_keys=True)
+    overrides = json.dumps(point["overrides"], sort_keys=True)
+    return point.get("commit", ""), point["style"], point["labels"], overrides, point.get("draw", 0)
 
 
 def save(out: Path, previous: dict, points: list[dict]) -> None:

@@ -2,8 +2,8 @@
 
 Checks each commit out into a temporary worktree, and in turn (A B A B ...) times `train_on_batch` on batches of
 128 images of this checkout's `data/split/train.csv` (run `dvc repro verify_split` first) with that commit's
-network, dataset, optimizer and training precision: the median of steps 10-50. Alternating rounds on one machine, so the ratio means
-something where absolute times drift. Writes bench/results/step_time.json.
+network, dataset, optimizer and training precision: the median of steps 10-50. Alternating rounds on one
+machine, so the ratio means something where absolute times drift. Writes bench/results/step_time.json.
 
     python -m bench.step_time --commits 65450e9 HEAD --rounds 2
 """

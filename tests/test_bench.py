@@ -54,6 +54,20 @@ def test_learning_curve_results_keep_other_commits_points_and_the_files_notes(tm
     assert sorted((p["commit"], p["test_image_accuracy"]) for p in written["points"]) == [("aaa", 0.8), ("bbb", 0.9)]
 
 
+def test_each_draw_of_labelled_images_is_a_point_of_its_own(tmp_path: Path) -> None:
+    def point(draw: int | None, accuracy: float) -> dict:
+        drawn = {} if draw is None else {"draw": draw}  # points from before --draws are draw 0
+        fields = {"commit": "ccc", "style": "overlap6", "labels": 1000, "overrides": {}}
+        return fields | drawn | {"test_image_accuracy": accuracy}
+
+    out = tmp_path / "curve.json"
+    save(out, {"points": [point(None, 0.95)]}, [point(1, 0.96), point(2, 0.97)])
+    save(out, json.loads(out.read_text()), [point(0, 0.94)])
+
+    written = json.loads(out.read_text())["points"]
+    assert sorted((p.get("draw", 0), p["test_image_accuracy"]) for p in written) == [(0, 0.94), (1, 0.96), (2, 0.97)]
+
+
 def test_a_learning_curve_point_is_named_by_what_it_adds_to_the_recipe() -> None:
     overlap6 = recipe(STYLES["overlap6"])
     extra = {"pretrain.images": 0, "model.convs_per_block": 2}
