@@ -45,7 +45,7 @@ def resolve_precision(precision: str) -> str:
     """`train.precision` made concrete: "auto" is mixed_bfloat16 where the hardware computes bfloat16 natively.
 
     That is a GPU of compute capability 8 or more (Ampere on), or, without a GPU, a CPU with AMX (Intel
-    Sapphire Rapids on), where one training step of the main job took 0.70x the float32 time (README,
+    Sapphire Rapids on), where one training step of the main job took 0.72x the float32 time (README,
     "Time"). Elsewhere bfloat16 is emulated and slower, so "auto" is float32.
     """
     if precision != "auto":
