@@ -67,7 +67,7 @@ class VerifySplitParams(Section):
 class ModelParams(Section):
     arch: Literal["ctc", "compact", "seed"] = "ctc"
     filters: list[int] = [32, 64, 128, 192]
-    convs_per_block: int = Field(1, ge=1)
+    convs_per_block: int = Field(2, ge=1)
     dropout: float = Field(0.3, ge=0, lt=1)
     rnn_units: int = Field(128, ge=1)
 
@@ -81,7 +81,7 @@ class PretrainParams(Section):
 
 class TrainParams(Section):
     steps: int = Field(1500, ge=1)
-    batch_size: int = Field(128, ge=1)
+    batch_size: int = Field(64, ge=1)
     validate_every: int = Field(100, ge=1)
     learning_rate: float = Field(0.002, gt=0)
     label_smoothing: float = Field(0.05, ge=0, lt=1)
