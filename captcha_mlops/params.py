@@ -74,7 +74,8 @@ class ModelParams(Section):
 
 class PretrainParams(Section):
     images: int = Field(20000, ge=0)
-    steps: int = Field(1500, ge=1)
+    steps: int = Field(3000, ge=1)
+    below_images: int = Field(1000, ge=0)
     batch_size: int = Field(32, ge=1)
     fonts: list[str] = []
 

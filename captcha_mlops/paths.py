@@ -12,6 +12,9 @@ ROOT = Path(os.environ.get("CAPTCHA_ROOT", Path.cwd())).resolve()
 DATA = ROOT / "data"
 ORIGIN = DATA / "origin"  # generate's output
 SPLIT = DATA / "split"  # verify_split's manifests and report
+# verify_split's word to pretrain: which side of `pretrain.below_images` the set is on. It holds no count,
+# so it changes (and DVC re-runs pretrain) only when the set crosses that line, not with every label.
+PRETRAINING = SPLIT / "pretraining.json"
 MODELS = ROOT / "models"
 PRETRAINED = MODELS / "pretrained"  # pretrain's output
 REPORTS = ROOT / "reports"

@@ -7,8 +7,11 @@ trains `pretrain.steps` steps on them, in an MLflow run of its own (tag stage=pr
 the shape, charset and params, not on the labelled images: DVC makes it once per shape and charset and
 reuses it (its run cache restores it when you come back to one) while labels are added and retrained.
 
-With generated captchas in the training set (`generate.count > 0`) pretraining on more of them adds
-nothing, so the stage records that it was skipped and `train` starts from scratch.
+Pretraining is kept where the learning curve shows it helps: with generated captchas in the training set
+(`generate.count > 0`) pretraining on more of them adds nothing, and from `pretrain.below_images` (1,000)
+labelled images on the network learns as well from scratch (README, "How many images do I need?"). The
+stage then records why it skipped and `train` starts from scratch. verify_split writes which side of that
+line the set is on (data/split/pretraining.json), so crossing it re-runs this stage, adding labels does not.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from captcha_mlops.labels import Codec
 from captcha_mlops.model import build_model
 from captcha_mlops.parallel import parallel_map
 from captcha_mlops.params import DataParams, Params, load_params
-from captcha_mlops.paths import PRETRAINED, SPLIT
+from captcha_mlops.paths import PRETRAINED, PRETRAINING, SPLIT
 from captcha_mlops.preprocess import to_array
 from captcha_mlops.synth import PRETRAIN_FONTS, factory_for
 from captcha_mlops.tracking import use_experiment
@@ -45,11 +48,14 @@ def synthesize(index: int, data: DataParams, charset: str, fonts: tuple[str, ...
     return label, (255 - pixels if index % 2 else pixels).tobytes()
 
 
-def skip_reason(params: Params) -> str | None:
+def skip_reason(params: Params, pretraining: dict) -> str | None:
+    """Why not to pretrain (None: pretrain). `pretraining`: verify_split's PRETRAINING record."""
     if params.generate.count > 0:
         return "generate.count > 0: the training set already holds generated captchas"
     if params.pretrain.images == 0:
         return "pretrain.images is 0"
+    if not pretraining["wanted"]:
+        return pretraining["why"]
     return None
 
 
@@ -90,7 +96,7 @@ def main() -> None:
     params = load_params()
     shutil.rmtree(PRETRAINED, ignore_errors=True)
     PRETRAINED.mkdir(parents=True)
-    if reason := skip_reason(params):
+    if reason := skip_reason(params, json.loads(PRETRAINING.read_text(encoding="utf-8"))):
         record = {"run_id": "", "skipped": reason}
     else:
         record = pretrain(params, (SPLIT / "charset.txt").read_text(encoding="utf-8"))

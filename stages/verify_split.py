@@ -1,7 +1,8 @@
 """Stage 2: check every image (generated and user-supplied), report the bad ones, split the good 19:1.
 
 Inputs are only read: nothing is moved, deleted or rewritten. The outputs are manifests under
-data/split/ (train.csv, test.csv: path,label), the effective charset, and a report of anomalies.
+data/split/ (train.csv, test.csv: path,label), the effective charset, whether the set is small enough for
+the `pretrain` stage to help (pretraining.json), and a report of anomalies.
 """
 
 from __future__ import annotations
@@ -18,8 +19,8 @@ from PIL import Image
 from captcha_mlops.dataset import write_manifest
 from captcha_mlops.labels import Codec, collect_charset, label_from_name
 from captcha_mlops.parallel import parallel_map
-from captcha_mlops.params import DataParams, VerifySplitParams, load_params
-from captcha_mlops.paths import ORIGIN, REPORTS, ROOT, SPLIT
+from captcha_mlops.params import DataParams, PretrainParams, VerifySplitParams, load_params
+from captcha_mlops.paths import ORIGIN, PRETRAINING, REPORTS, ROOT, SPLIT
 
 # A DVC metric, committed like the other reports (so `dvc metrics diff` compares it with HEAD's).
 ANOMALIES = REPORTS / "anomalies.json"
@@ -46,6 +47,17 @@ def check_image(path: Path, data: DataParams, verify: VerifySplitParams) -> tupl
     if size != (data.width, data.height) and not verify.resize:
         return label, f"size {size[0]}x{size[1]}, expected {data.width}x{data.height} (or set resize: true)"
     return label, None
+
+
+def pretraining_wanted(images: int, pretrain: PretrainParams) -> dict[str, bool | str]:
+    """Whether a set of `images` usable images is small enough for pretraining to help, and why."""
+    if images < pretrain.below_images:
+        return {"wanted": True, "why": f"fewer than pretrain.below_images={pretrain.below_images} images"}
+    return {
+        "wanted": False,
+        "why": f"pretrain.below_images={pretrain.below_images} images or more: "
+        "pretraining no longer helped there (README, 'How many images do I need?')",
+    }
 
 
 def in_test_split(path: Path, test_ratio: float) -> bool:
@@ -107,6 +119,7 @@ def main() -> None:
     for side, rows in sides.items():
         write_manifest(SPLIT / f"{side}.csv", rows)
     (SPLIT / "charset.txt").write_text(charset, encoding="utf-8")
+    PRETRAINING.write_text(json.dumps(pretraining_wanted(len(good), params.pretrain), indent=2) + "\n")
     print(
         f"verify_split: {len(files)} files, {len(sides['train'])} train, {len(sides['test'])} test, "
         f"{len(anomalies)} anomalies (see {ANOMALIES})"

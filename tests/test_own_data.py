@@ -1,5 +1,6 @@
 """The README's own-images recipe on a tiny own-drawn set: the network starts from the pretrain stage's,
-that start is recorded in MLflow, and adding labels retrains without pretraining again."""
+that start is recorded in MLflow, adding labels retrains without pretraining again, and a set that grows
+past `pretrain.below_images` trains from scratch."""
 
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ RECIPE = {
         "height": STYLE.height,
     },
     "generate": {"count": 0},
-    "pretrain": {"images": 200, "steps": 10, "batch_size": 16},
+    "pretrain": {"images": 200, "steps": 10, "batch_size": 16, "below_images": 95},
 }
 
 
@@ -51,6 +52,16 @@ def test_own_images_train_from_the_pretrained_network_and_reuse_it(project_facto
     retrained = mlflow.get_run(json.loads((root / "models/meta.json").read_text())["run_id"])
     assert retrained.info.run_id != trained.info.run_id
     assert retrained.data.tags["pretrained_run_id"] == pretrained["run_id"]
+
+    STYLE.write(root / "data/new", 10, seed=3)  # 100 images: past pretrain.below_images
+
+    output = run(["dvc", "repro", "train"], root)
+
+    assert "Running stage 'pretrain'" in output and "starting from the network pretrained" not in output
+    record = json.loads((root / "models/pretrained/pretrained.json").read_text())
+    assert record["run_id"] == "" and "pretrain.below_images=95 images or more" in record["skipped"]
+    from_scratch = mlflow.get_run(json.loads((root / "models/meta.json").read_text())["run_id"])
+    assert from_scratch.data.tags["pretrained_run_id"] == "none"
 
 
 def test_generated_training_data_skips_pretraining(pipeline_project: Path) -> None:
