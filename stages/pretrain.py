@@ -3,9 +3,10 @@
 A few hundred labelled images of a site are too few to learn glyphs and reading order from scratch; the
 `captcha` library draws as many as we like of the same size, lengths and charset. So when the training set
 is the user's own images (`generate.count: 0`), this stage renders `pretrain.images` captchas in memory and
-trains `pretrain.steps` steps on them, in an MLflow run of its own (tag stage=pretrain). It depends only on
-the shape, charset and params, not on the labelled images: DVC makes it once per shape and charset and
-reuses it (its run cache restores it when you come back to one) while labels are added and retrained.
+trains `pretrain.steps` steps on them, in an MLflow run of its own (tag stage=pretrain). It depends on the
+shape, charset and params, not on the labelled images themselves (only on which side of a line their count
+is, below): DVC makes it once per shape and charset and reuses it (its run cache restores it when you come
+back to one) while labels are added and retrained.
 
 Pretraining is kept where the learning curve shows it helps: with generated captchas in the training set
 (`generate.count > 0`) pretraining on more of them adds nothing, and from `pretrain.below_images` (1,000)
