@@ -59,7 +59,7 @@ class GenerateParams(Section):
 
 class VerifySplitParams(Section):
     extra_dirs: list[str] = ["data/new"]
-    formats: list[str] = ["png", "jpg", "jpeg"]
+    formats: list[str] = ["png", "jpg", "jpeg", "gif", "bmp", "webp"]
     test_ratio: float = Field(0.05, gt=0, lt=1)
     resize: bool = True
 

@@ -16,6 +16,8 @@ def write(tmp_path: Path, params: dict) -> Path:
 
 def test_shipped_params_load_and_flatten() -> None:
     params = load_params(REPO / "params.yaml")
+    # A key missing from a user's params.yaml takes its default: the defaults are the shipped values.
+    assert params == Params()
     assert params.data.width == 100 and params.data.height == 60
     assert params.verify_split.test_ratio == pytest.approx(1 / 20)  # the seed's 19:1
     assert params.as_flat_dict()["train.steps"] == params.train.steps
