@@ -15,6 +15,7 @@ whole `dvc repro`, pretraining included where it ran. Runs are tracked in this r
     python -m bench.learning_curve --styles speckle5 --labels 200 1000
     python -m bench.learning_curve --labels 200 --set pretrain.images=0   # the same without pretraining
     python -m bench.learning_curve --styles overlap6 --labels 1000 --draws 0 1 2   # three sets of 1,000 labels
+    python -m bench.learning_curve --styles overlap6 --labels 1000 --unlabelled 4000   # and 4,000 without labels
     python -m bench.learning_curve --plot fbb303d b4f9294                # redraw the PNG from these commits' points
 """
 
@@ -47,6 +48,7 @@ from captcha_mlops.paths import ROOT, tracking_uri
 
 RESULTS = ROOT / "bench" / "results"
 TEST_SEED, LABELLED_SEED = 1, 2  # separate image streams: no test image is ever a labelled one (draw d: 2 + d)
+UNLABELLED_SEED = 100  # nor an unlabelled one (draw d: 100 + d)
 
 
 def recipe(style: Style) -> dict[str, Any]:
@@ -96,9 +98,11 @@ def run_point(
     cache: Path,
     extra: dict,
     read: list[Path] | None = None,
+    unlabelled: list[Path] = (),
 ) -> dict:
     """The README recipe on `labelled` in a fresh clone at `commit`; scored on `tests`. With `read`, the
-    point also holds the trained model's reading of those images (`readings`), as the service would give it."""
+    point also holds the trained model's reading of those images (`readings`), as the service would give it.
+    `unlabelled`: images put in data/unlabelled/ under names that do not hold their labels."""
     overrides = {**recipe(style), **extra}
     with tempfile.TemporaryDirectory(prefix="curve-") as workdir:
         clone = Path(workdir) / "repo"
@@ -107,6 +111,8 @@ def run_point(
         (clone / "data" / "new").mkdir(parents=True, exist_ok=True)
         for path in labelled:
             shutil.copyfile(path, clone / "data" / "new" / path.name)
+        for index, path in enumerate(unlabelled):
+            shutil.copyfile(path, clone / "data" / "unlabelled" / f"plain-{index:05d}{path.suffix}")
         params_file = clone / "params.yaml"
         params_file.write_text(yaml.safe_dump(apply(yaml.safe_load(params_file.read_text()), overrides)))
         venv_bin = Path(sys.executable).parent  # dvc, and the python its stages run
@@ -123,6 +129,7 @@ def run_point(
     point = {
         "style": style.name,
         "labels": len(labelled),
+        **({"unlabelled_images": len(unlabelled)} if unlabelled else {}),
         "commit": commit[:12],
         "test_images": len(tests),
         "test_image_accuracy": round(image_accuracy, 4),
@@ -152,7 +159,8 @@ def plot_series(axis: plt.Axes, name: str, rows: list[dict]) -> None:
 def series_name(point: dict) -> str:
     """A point's style and what its overrides add to the style's recipe: the same name, the same curve."""
     added = {k: v for k, v in point["overrides"].items() if recipe(STYLES[point["style"]]).get(k) != v}
-    return ", ".join([point["style"], *(f"{k}={v}" for k, v in sorted(added.items()))])
+    unlabelled = [f"+{point['unlabelled_images']:,} unlabelled"] if point.get("unlabelled_images") else []
+    return ", ".join([point["style"], *unlabelled, *(f"{k}={v}" for k, v in sorted(added.items()))])
 
 
 def plot(points: list[dict], path: Path) -> None:
@@ -203,6 +211,7 @@ def main() -> None:
     parser.add_argument(
         "--draws", nargs="+", type=int, default=[0], help="labelled sets drawn per point: each another site's sample"
     )
+    parser.add_argument("--unlabelled", type=int, default=0, help="images without labels each point also gets")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="more params.yaml overrides")
     parser.add_argument("--out", type=Path, default=RESULTS / "learning_curve.json", help="adds to it if it exists")
     parser.add_argument(
@@ -240,10 +249,12 @@ def main() -> None:
             for draw in args.draws:
                 folder = Path(workdir) / name / f"labelled-{draw}"
                 pool = style.write(folder, max(args.labels), LABELLED_SEED + draw)
+                plain_folder = Path(workdir) / name / f"unlabelled-{draw}"
+                plain = style.write(plain_folder, args.unlabelled, UNLABELLED_SEED + draw)
                 for labels in sorted(args.labels):
                     point = {
                         "command": command,
-                        **run_point(commit.stdout.strip(), style, pool[:labels], tests, cache, extra),
+                        **run_point(commit.stdout.strip(), style, pool[:labels], tests, cache, extra, unlabelled=plain),
                         "draw": draw,
                     }
                     print(f"bench: {json.dumps({k: v for k, v in point.items() if k != 'train'})}", flush=True)
@@ -255,7 +266,14 @@ def main() -> None:
 
 def point_key(point: dict) -> tuple:
     overrides = json.dumps(point["overrides"], sort_keys=True)
-    return point.get("commit", ""), point["style"], point["labels"], overrides, point.get("draw", 0)
+    return (
+        point.get("commit", ""),
+        point["style"],
+        point["labels"],
+        point.get("unlabelled_images", 0),
+        overrides,
+        point.get("draw", 0),
+    )
 
 
 def save(out: Path, previous: dict, points: list[dict]) -> None:

@@ -59,6 +59,7 @@ class GenerateParams(Section):
 
 class VerifySplitParams(Section):
     extra_dirs: list[str] = ["data/new"]
+    unlabelled_dirs: list[str] = ["data/unlabelled"]
     formats: list[str] = ["png", "jpg", "jpeg", "gif", "bmp", "webp"]
     test_ratio: float = Field(0.05, gt=0, lt=1)
     resize: bool = True
@@ -90,6 +91,8 @@ class TrainParams(Section):
     validation_ratio: float = Field(0.05, gt=0, lt=1)
     acc_stop: float = 0.995
     patience_steps: int = Field(500, ge=1)
+    self_training_steps: int = Field(500, ge=0)
+    self_training_confidence: float = Field(0.9, ge=0, le=1)
     max_minutes: float = Field(0.0, ge=0)
     log_every_n_steps: int = Field(20, ge=1)
     precision: Literal["auto", "float32", "mixed_bfloat16"] = "auto"

@@ -15,6 +15,7 @@ SPLIT = DATA / "split"  # verify_split's manifests and report
 # verify_split's word to pretrain: which side of `pretrain.below_images` the set is on. It holds no count,
 # so it changes (and DVC re-runs pretrain) only when the set crosses that line, not with every label.
 PRETRAINING = SPLIT / "pretraining.json"
+UNLABELLED = SPLIT / "unlabelled.csv"  # images without labels, for self-training (verify_split.unlabelled_dirs)
 MODELS = ROOT / "models"
 PRETRAINED = MODELS / "pretrained"  # pretrain's output
 REPORTS = ROOT / "reports"

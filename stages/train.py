@@ -1,9 +1,13 @@
 """Stage 4: train the network on the train manifest, tracked in MLflow; write models/model.keras + meta.json.
 
 It starts from the `pretrain` stage's network when there is one (see stages/pretrain.py). The budget is
-`train.steps` optimizer steps (captcha_mlops.training). A checkpoint is saved every validation round to
-checkpoints/; an interrupted run resumes from it in the same MLflow run, but only if params, data and
-pretrained start are what they were: anything else starts a new run.
+`train.steps` optimizer steps (captcha_mlops.training). With unlabelled images of the site
+(data/split/unlabelled.csv), it then self-trains: the network reads them, and `train.self_training_steps` more
+steps train on the labels plus its confident readings (README, "Unlabelled images").
+
+A checkpoint is saved every validation round of the first fit to checkpoints/; an interrupted run resumes
+from it in the same MLflow run, but only if params, data and pretrained start are what they were: anything
+else starts a new run. An interruption during self-training starts over.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import json
 import os
 import shutil
 import time
+from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -27,10 +32,10 @@ from captcha_mlops.dataset import load_images, read_manifest
 from captcha_mlops.labels import Codec
 from captcha_mlops.model import build_model
 from captcha_mlops.params import Params, load_params
-from captcha_mlops.paths import MODELS, REPORTS, ROOT, SPLIT
+from captcha_mlops.paths import MODELS, REPORTS, ROOT, SPLIT, UNLABELLED
 from captcha_mlops.recognizer import MODEL_FILE, ModelMeta
 from captcha_mlops.tracking import log_manifests, use_experiment
-from captcha_mlops.training import fit, not_learning_hint
+from captcha_mlops.training import fit, not_learning_hint, pseudo_labels
 from stages import pretrain
 
 CHECKPOINTS = ROOT / "checkpoints" / "train"
@@ -50,6 +55,8 @@ def data_version() -> str:
     digest = hashlib.sha256()
     for name in ("train.csv", "test.csv", "charset.txt"):
         digest.update((SPLIT / name).read_bytes())
+    if UNLABELLED.exists() and read_manifest(UNLABELLED):  # none: the version of a set without them
+        digest.update(UNLABELLED.read_bytes())
     return digest.hexdigest()[:12]
 
 
@@ -111,6 +118,9 @@ def main() -> None:
         mlflow.set_tags({**tags, "pretrained_run_id": pretrained_run or "none"})
         log_manifests({"training": SPLIT / "train.csv", "test": SPLIT / "test.csv"})
         summary = fit(model, images, targets, codec.num_classes, params.model.arch, train, TRAIN_LOG, CHECKPOINTS)
+        unlabelled = [path for path, _ in read_manifest(UNLABELLED)] if UNLABELLED.exists() else []
+        if unlabelled and train.self_training_steps:
+            summary = self_train(model, images, targets, codec, params, unlabelled, summary)
         save_model(model, params, codec, run.info.run_id, version)
         mlflow.log_metrics({f"final_{k}": v for k, v in summary.items() if k.startswith("val_")})
         (REPORTS / "train_metrics.json").write_text(json.dumps(summary, indent=2) + "\n")
@@ -121,6 +131,47 @@ def main() -> None:
     print(f"train: {summary}")
     if hint:
         print(f"\nWARNING train: {hint}\n")
+
+
+def self_train(
+    model: keras.Model,
+    images: np.ndarray,
+    targets: np.ndarray,
+    codec: Codec,
+    params: Params,
+    unlabelled: list[Path],
+    first: dict,
+) -> dict:
+    """Read the unlabelled images with the trained `model`, then train it on the labels plus its confident
+    readings for `train.self_training_steps` at half the learning rate; the summary of both fits."""
+    data, train = params.data, params.train
+    plain = load_images(unlabelled, data.width, data.height, desc="load unlabelled")
+    probabilities = model.predict(plain, batch_size=params.evaluate.batch_size, verbose=0)
+    kept, texts = pseudo_labels(probabilities, codec, data.min_length, train.self_training_confidence)
+    mlflow.log_params({"self_training.unlabelled_images": len(unlabelled), "self_training.readings_used": len(kept)})
+    print(f"train: self-training on {len(kept)} of {len(unlabelled)} unlabelled images, read sure enough")
+    if not len(kept):
+        return first
+    second = fit(
+        model,
+        images,
+        targets,
+        codec.num_classes,
+        params.model.arch,
+        train.model_copy(update={"steps": train.self_training_steps, "learning_rate": train.learning_rate / 2}),
+        TRAIN_LOG,
+        train_only=(plain[kept], codec.encode_many(texts)),
+        log_prefix="self_training.",
+        first_step=first["steps"],
+    )
+    return {
+        **second,
+        "steps": first["steps"] + second["steps"],
+        "train_seconds": first["train_seconds"] + second["train_seconds"],
+        "labelled_train_images": first["train_images"],
+        "readings_used": len(kept),
+        "val_image_accuracy_before_self_training": first["val_image_accuracy"],
+    }
 
 
 def save_model(model: keras.Model, params: Params, codec: Codec, run_id: str, version: str) -> None:

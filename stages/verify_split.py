@@ -1,8 +1,9 @@
 """Stage 2: check every image (generated and user-supplied), report the bad ones, split the good 19:1.
 
 Inputs are only read: nothing is moved, deleted or rewritten. The outputs are manifests under
-data/split/ (train.csv, test.csv: path,label), the effective charset, whether the set is small enough for
-the `pretrain` stage to help (pretraining.json), and a report of anomalies.
+data/split/ (train.csv, test.csv: path,label; unlabelled.csv: the usable images of
+`verify_split.unlabelled_dirs`, for train's self-training), the effective charset, whether the set is small
+enough for the `pretrain` stage to help (pretraining.json), and a report of anomalies.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from captcha_mlops.dataset import write_manifest
 from captcha_mlops.labels import Codec, collect_charset, label_from_name
 from captcha_mlops.parallel import parallel_map
 from captcha_mlops.params import DataParams, PretrainParams, VerifySplitParams, load_params
-from captcha_mlops.paths import ORIGIN, PRETRAINING, REPORTS, ROOT, SPLIT
+from captcha_mlops.paths import ORIGIN, PRETRAINING, REPORTS, ROOT, SPLIT, UNLABELLED
 
 # A DVC metric, committed like the other reports (so `dvc metrics diff` compares it with HEAD's).
 ANOMALIES = REPORTS / "anomalies.json"
@@ -29,24 +30,32 @@ NOT_SAMPLES = {"README.md", ".gitkeep"}
 
 
 def check_image(path: Path, data: DataParams, verify: VerifySplitParams) -> tuple[str, str | None]:
-    """(label, None) for a usable image, or (label, reason) for an anomaly. Charset is checked later."""
+    """(label, None) for a usable labelled image, or (label, reason) for an anomaly. Charset is checked later."""
     label = label_from_name(path)
-    suffix = path.suffix.lower().lstrip(".")
-    if suffix not in verify.formats:
-        return label, f"suffix '{path.suffix}' not in {verify.formats}"
+    if problem := check_unlabelled(path, data, verify, read=False):
+        return label, problem
     if not label:
         return label, "no label: name must be label_anything.ext or label.ext"
     if not data.min_length <= len(label) <= data.max_length:
         return label, f"label '{label}' has {len(label)} characters, expected {_lengths(data)}"
+    return label, check_unlabelled(path, data, verify)
+
+
+def check_unlabelled(path: Path, data: DataParams, verify: VerifySplitParams, read: bool = True) -> str | None:
+    """None for an image the network can read (its name is not looked at), else why not; `read`: open it."""
+    if path.suffix.lower().lstrip(".") not in verify.formats:
+        return f"suffix '{path.suffix}' not in {verify.formats}"
+    if not read:
+        return None
     try:
         with Image.open(path) as image:
             image.load()
             size = image.size
     except Exception as error:
-        return label, f"cannot be read as an image ({type(error).__name__}: {error})"
+        return f"cannot be read as an image ({type(error).__name__}: {error})"
     if size != (data.width, data.height) and not verify.resize:
-        return label, f"size {size[0]}x{size[1]}, expected {data.width}x{data.height} (or set resize: true)"
-    return label, None
+        return f"size {size[0]}x{size[1]}, expected {data.width}x{data.height} (or set resize: true)"
+    return None
 
 
 def pretraining_wanted(images: int, pretrain: PretrainParams) -> dict[str, bool | str]:
@@ -82,12 +91,17 @@ def main() -> None:
     data, verify = params.data, params.verify_split
     folders = [ORIGIN, *(ROOT / extra for extra in verify.extra_dirs)]
     files, missing = list_inputs(folders)
-    for folder in missing:
+    unlabelled_files, unlabelled_missing = list_inputs(ROOT / folder for folder in verify.unlabelled_dirs)
+    for folder in missing + unlabelled_missing:
         print(f"verify_split: {folder} does not exist, skipped (create it to add your own images)")
 
     check = functools.partial(check_image, data=data, verify=verify)
     results = list(parallel_map(check, files, total=len(files), desc="verify"))
     anomalies = {str(p.relative_to(ROOT)): reason for p, (_, reason) in zip(files, results) if reason}
+    check_plain = functools.partial(check_unlabelled, data=data, verify=verify)
+    plain_results = list(parallel_map(check_plain, unlabelled_files, total=len(unlabelled_files), desc="unlabelled"))
+    anomalies |= {str(p.relative_to(ROOT)): reason for p, reason in zip(unlabelled_files, plain_results) if reason}
+    unlabelled = [(p, "") for p, reason in zip(unlabelled_files, plain_results) if not reason]
     good = [(p, label) for p, (label, reason) in zip(files, results) if not reason]
 
     charset = collect_charset(label for _, label in good) if data.charset_from_data else data.charset
@@ -102,11 +116,12 @@ def main() -> None:
 
     reasons = Counter(reason.split(" ")[0] for reason in anomalies.values())
     report = {
-        "checked": len(files),
+        "checked": len(files) + len(unlabelled_files),
         "train": len(sides["train"]),
         "test": len(sides["test"]),
+        "unlabelled": len(unlabelled),
         "anomalies": len(anomalies),
-        "missing_folders": missing,
+        "missing_folders": missing + unlabelled_missing,
         "anomalies_by_kind": dict(reasons),
         "files": anomalies,
     }
@@ -118,11 +133,12 @@ def main() -> None:
     SPLIT.mkdir(parents=True, exist_ok=True)
     for side, rows in sides.items():
         write_manifest(SPLIT / f"{side}.csv", rows)
+    write_manifest(UNLABELLED, unlabelled)
     (SPLIT / "charset.txt").write_text(charset, encoding="utf-8")
     PRETRAINING.write_text(json.dumps(pretraining_wanted(len(good), params.pretrain), indent=2) + "\n")
     print(
-        f"verify_split: {len(files)} files, {len(sides['train'])} train, {len(sides['test'])} test, "
-        f"{len(anomalies)} anomalies (see {ANOMALIES})"
+        f"verify_split: {report['checked']} files, {len(sides['train'])} train, {len(sides['test'])} test, "
+        f"{len(unlabelled)} unlabelled, {len(anomalies)} anomalies (see {ANOMALIES})"
     )
 
 

@@ -1,6 +1,6 @@
 """The README's own-images recipe on a tiny own-drawn set: the network starts from the pretrain stage's,
-that start is recorded in MLflow, adding labels retrains without pretraining again, and a set that grows
-past `pretrain.below_images` trains from scratch."""
+that start is recorded in MLflow, adding labels retrains without pretraining again, a set that grows
+past `pretrain.below_images` trains from scratch, and unlabelled images reach self-training."""
 
 from __future__ import annotations
 
@@ -54,6 +54,8 @@ def test_own_images_train_from_the_pretrained_network_and_reuse_it(project_facto
     assert retrained.data.tags["pretrained_run_id"] == pretrained["run_id"]
 
     STYLE.write(root / "data/new", 10, seed=3)  # 100 images: past pretrain.below_images
+    for index, path in enumerate(STYLE.write(root / "downloads", 12, seed=4)):  # and some without labels
+        path.rename(root / f"data/unlabelled/download-{index}{path.suffix}")
 
     output = run(["dvc", "repro", "train"], root)
 
@@ -62,6 +64,9 @@ def test_own_images_train_from_the_pretrained_network_and_reuse_it(project_facto
     assert record["run_id"] == "" and "pretrain.below_images=95 images or more" in record["skipped"]
     from_scratch = mlflow.get_run(json.loads((root / "models/meta.json").read_text())["run_id"])
     assert from_scratch.data.tags["pretrained_run_id"] == "none"
+    assert "train: self-training on" in output and "of 12 unlabelled images" in output
+    logged = from_scratch.data.params
+    assert logged["self_training.unlabelled_images"] == "12" and 0 <= int(logged["self_training.readings_used"]) <= 12
 
 
 def test_generated_training_data_skips_pretraining(pipeline_project: Path) -> None:

@@ -22,6 +22,7 @@ from captcha_mlops.training import (
     fit,
     make_dataset,
     not_learning_hint,
+    pseudo_labels,
     validation_count,
 )
 
@@ -184,3 +185,62 @@ def test_mixed_precision_computes_in_bfloat16_and_answers_float32(arch: str) -> 
     assert scores.dtype == np.float32
     np.testing.assert_allclose(scores, keras.ops.convert_to_numpy(model(images)), atol=0.05)
     assert computing_in(model, "float32") is model
+
+
+def scores(*columns: tuple[int, float]) -> np.ndarray:
+    """Per-position probabilities reading `columns` as (class, its probability), PAD for the rest."""
+    out = np.zeros((CODEC.max_length, CODEC.num_classes), np.float32)
+    out[:, CODEC.pad] = 1.0
+    for position, (klass, probability) in enumerate(columns):
+        out[position] = (1 - probability) / (CODEC.num_classes - 1)
+        out[position, klass] = probability
+    return out
+
+
+def test_self_training_uses_only_readings_sure_of_every_character_and_long_enough() -> None:
+    sure, unsure = 0.97, 0.6
+    readings = np.stack(
+        [
+            scores((1, sure), (2, sure), (3, sure), (4, sure)),  # "1234": used
+            scores((1, sure), (2, unsure), (3, sure), (4, sure)),  # one unsure character: not used
+            scores((5, sure), (6, sure)),  # too short for min_length 3: not used
+            scores((7, sure), (8, sure), (9, sure)),  # "789": used
+        ]
+    )
+
+    kept, texts = pseudo_labels(readings, CODEC, min_length=3, confidence=0.9)
+
+    assert kept.tolist() == [0, 3] and texts == ["1234", "789"]
+    assert pseudo_labels(readings, CODEC, min_length=3, confidence=0.5)[0].tolist() == [0, 1, 3]
+
+
+def test_train_only_images_are_trained_on_never_validated_on_and_logged_apart(tmp_path: Path) -> None:
+    images, targets = random_set(100)
+    extra_images, extra_targets = random_set(40)
+    model = build_model(ModelParams(filters=[8, 8, 8]), 32, 64, CODEC.max_length, CODEC.num_classes)
+    train = TrainParams(steps=4, validate_every=4, acc_stop=1.1)
+
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    mlflow.set_experiment("train-only")
+    with mlflow.start_run() as run:
+        first = fit(model, images, targets, CODEC.num_classes, "ctc", train, tmp_path / "log.csv")
+        second = fit(
+            model,
+            images,
+            targets,
+            CODEC.num_classes,
+            "ctc",
+            train,
+            tmp_path / "log.csv",
+            train_only=(extra_images, extra_targets),
+            log_prefix="self_training.",
+            first_step=first["steps"],
+        )
+
+    assert second["train_images"] == first["train_images"] + 40
+    logged = mlflow.get_run(run.info.run_id).data.params
+    assert logged["train_images"] == str(first["train_images"])
+    assert logged["self_training.train_images"] == str(second["train_images"])
+    assert logged["self_training.validation_images"] == logged["validation_images"]  # the labelled ones only
+    steps = np.genfromtxt(tmp_path / "log.csv", delimiter=",", names=True, ndmin=1)["step"]
+    assert [int(step) for step in steps] == [4, 8]  # one log, the second fit after the first

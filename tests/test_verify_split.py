@@ -26,6 +26,7 @@ def png(label: str, index: int, size: tuple[int, int] | None = None) -> bytes:
 def make_root(tmp_path: Path, params: dict | None = None) -> Path:
     (tmp_path / "data/origin").mkdir(parents=True)
     (tmp_path / "data/new").mkdir(parents=True)
+    (tmp_path / "data/unlabelled").mkdir(parents=True)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params or {}))
     return tmp_path
 
@@ -86,6 +87,26 @@ def test_bad_files_are_reported_and_left_untouched(tmp_path: Path) -> None:
     assert report["train"] + report["test"] == 43 and report["anomalies"] == 8
     split = manifest(root, "train") | manifest(root, "test")
     assert split["data/new/k3m9.png"] == "k3m9" and split["data/new/sub/wxyz_1.png"] == "wxyz"
+
+
+def test_unlabelled_images_are_listed_apart_whatever_their_names(tmp_path: Path) -> None:
+    root = make_root(tmp_path)
+    (root / "data/origin/abcd_1.png").write_bytes(png("abcd", 1))
+    plain = root / "data/unlabelled"
+    (plain / "download-0001.png").write_bytes(png("x", 2))  # no label in the name: fine here
+    (plain / "k3m9_2.png").write_bytes(png("x", 3))  # a name that looks like a label is not read as one
+    (plain / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    (plain / "notes.txt").write_text("not an image")
+    (plain / "README.md").write_text("what this folder is for")
+    before = checksums(plain)
+
+    report = verify_split(root)
+
+    assert checksums(plain) == before
+    assert manifest(root, "unlabelled") == {"data/unlabelled/download-0001.png": "", "data/unlabelled/k3m9_2.png": ""}
+    assert set(report["files"]) == {"data/unlabelled/broken.png", "data/unlabelled/notes.txt"}
+    assert report["unlabelled"] == 2 and report["train"] + report["test"] == 1
+    assert "k3m9" not in {**manifest(root, "train"), **manifest(root, "test")}.values()
 
 
 def test_wrong_size_is_rejected_unless_resizing(tmp_path: Path) -> None:
