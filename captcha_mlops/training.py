@@ -390,9 +390,13 @@ def fit(
     precision = resolve_precision(train.precision)
     fitted = computing_in(trained, precision)
     compile_model(fitted, train, validation_rounds(train) * steps_per_round(train), arch)
-    used = {"train_images": len(train_images), "validation_images": n_val, "batch_size_used": batch_size}
-    logged = {f"{log_prefix}{k}": v for k, v in {**used, "precision_used": precision}.items()}
-    mlflow.log_params(logged, synchronous=False)
+    used = {
+        "train_images": len(train_images),
+        "validation_images": n_val,
+        "batch_size_used": batch_size,
+        "precision_used": precision,
+    }
+    mlflow.log_params({f"{log_prefix}{key}": value for key, value in used.items()}, synchronous=False)
     print(
         f"fit: {len(train_images)} train / {n_val} validation images, batch {batch_size}, "
         f"{train.steps} steps, {precision}"

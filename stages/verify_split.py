@@ -32,21 +32,28 @@ NOT_SAMPLES = {"README.md", ".gitkeep"}
 def check_image(path: Path, data: DataParams, verify: VerifySplitParams) -> tuple[str, str | None]:
     """(label, None) for a usable labelled image, or (label, reason) for an anomaly. Charset is checked later."""
     label = label_from_name(path)
-    if problem := check_unlabelled(path, data, verify, read=False):
+    if problem := format_problem(path, verify):
         return label, problem
     if not label:
         return label, "no label: name must be label_anything.ext or label.ext"
     if not data.min_length <= len(label) <= data.max_length:
         return label, f"label '{label}' has {len(label)} characters, expected {_lengths(data)}"
-    return label, check_unlabelled(path, data, verify)
+    return label, image_problem(path, data, verify)
 
 
-def check_unlabelled(path: Path, data: DataParams, verify: VerifySplitParams, read: bool = True) -> str | None:
-    """None for an image the network can read (its name is not looked at), else why not; `read`: open it."""
+def check_unlabelled(path: Path, data: DataParams, verify: VerifySplitParams) -> str | None:
+    """None for an image the network can read (its name is not looked at), else why not."""
+    return format_problem(path, verify) or image_problem(path, data, verify)
+
+
+def format_problem(path: Path, verify: VerifySplitParams) -> str | None:
     if path.suffix.lower().lstrip(".") not in verify.formats:
         return f"suffix '{path.suffix}' not in {verify.formats}"
-    if not read:
-        return None
+    return None
+
+
+def image_problem(path: Path, data: DataParams, verify: VerifySplitParams) -> str | None:
+    """Why the file cannot be used as an image of this size, or None."""
     try:
         with Image.open(path) as image:
             image.load()
