@@ -2,8 +2,9 @@
 
 Inputs are only read: nothing is moved, deleted or rewritten. The outputs are manifests under
 data/split/ (train.csv, test.csv: path,label; unlabelled.csv: the usable images of
-`verify_split.unlabelled_dirs`, for train's self-training), the effective charset, whether the set is small
-enough for the `pretrain` stage to help (pretraining.json), and a report of anomalies.
+`verify_split.unlabelled_dirs`, for train's self-training, less any that is also a labelled image), the effective
+charset, whether the set is small enough for the `pretrain` stage to help (pretraining.json), and a report of
+anomalies.
 """
 
 from __future__ import annotations
@@ -65,6 +66,25 @@ def image_problem(path: Path, data: DataParams, verify: VerifySplitParams) -> st
     return None
 
 
+def file_digest(path: Path) -> bytes:
+    with path.open("rb") as file:
+        return hashlib.file_digest(file, "sha256").digest()
+
+
+def without_labelled_copies(unlabelled: list[Path], labelled: list[Path]) -> tuple[list[Path], int]:
+    """The unlabelled images that are not byte for byte a labelled one, and how many were.
+
+    A copy of a labelled image could land in the test split and be self-trained on too, and a labelled image
+    needs no reading: the review page copies each image it labels to data/new/, so a folder of the service's
+    kept images can feed data/unlabelled/ as it is.
+    """
+    if not unlabelled:
+        return [], 0
+    labelled_digests = {file_digest(path) for path in labelled}  # 20,000 PNGs of 100x60: 3 s on 2 cores
+    kept = [path for path in unlabelled if file_digest(path) not in labelled_digests]
+    return kept, len(unlabelled) - len(kept)
+
+
 def pretraining_wanted(images: int, pretrain: PretrainParams) -> dict[str, bool | str]:
     """Whether a set of `images` usable images is small enough for pretraining to help, and why."""
     if images < pretrain.below_images:
@@ -108,7 +128,8 @@ def main() -> None:
     check_plain = functools.partial(check_unlabelled, data=data, verify=verify)
     plain_results = list(parallel_map(check_plain, unlabelled_files, total=len(unlabelled_files), desc="unlabelled"))
     anomalies |= {str(p.relative_to(ROOT)): reason for p, reason in zip(unlabelled_files, plain_results) if reason}
-    unlabelled = [(p, "") for p, reason in zip(unlabelled_files, plain_results) if not reason]
+    readable = [p for p, reason in zip(unlabelled_files, plain_results) if not reason]
+    unlabelled, labelled_copies = without_labelled_copies(readable, files)
     good = [(p, label) for p, (label, reason) in zip(files, results) if not reason]
 
     charset = collect_charset(label for _, label in good) if data.charset_from_data else data.charset
@@ -127,6 +148,7 @@ def main() -> None:
         "train": len(sides["train"]),
         "test": len(sides["test"]),
         "unlabelled": len(unlabelled),
+        "unlabelled_also_labelled": labelled_copies,
         "anomalies": len(anomalies),
         "missing_folders": missing + unlabelled_missing,
         "anomalies_by_kind": dict(reasons),
@@ -140,12 +162,13 @@ def main() -> None:
     SPLIT.mkdir(parents=True, exist_ok=True)
     for side, rows in sides.items():
         write_manifest(SPLIT / f"{side}.csv", rows)
-    write_manifest(UNLABELLED, unlabelled)
+    write_manifest(UNLABELLED, [(path, "") for path in unlabelled])
     (SPLIT / "charset.txt").write_text(charset, encoding="utf-8")
     PRETRAINING.write_text(json.dumps(pretraining_wanted(len(good), params.pretrain), indent=2) + "\n")
     print(
         f"verify_split: {report['checked']} files, {len(sides['train'])} train, {len(sides['test'])} test, "
         f"{len(unlabelled)} unlabelled, {len(anomalies)} anomalies (see {ANOMALIES})"
+        + (f"; {labelled_copies} unlabelled images skipped: each is also a labelled one" if labelled_copies else "")
     )
 
 

@@ -109,6 +109,20 @@ def test_unlabelled_images_are_listed_apart_whatever_their_names(tmp_path: Path)
     assert "k3m9" not in {**manifest(root, "train"), **manifest(root, "test")}.values()
 
 
+def test_an_unlabelled_copy_of_a_labelled_image_is_left_out(tmp_path: Path) -> None:
+    """The review page copies what it labels to data/new/: the kept folder can then feed data/unlabelled/."""
+    root = make_root(tmp_path)
+    (root / "data/new/k3m9_1f2e.png").write_bytes(png("k3m9", 1))
+    (root / "data/unlabelled/1f2e.png").write_bytes(png("k3m9", 1))  # the same image, labelled since
+    (root / "data/unlabelled/7a0c.png").write_bytes(png("x", 2))
+
+    report = verify_split(root)
+
+    assert manifest(root, "unlabelled") == {"data/unlabelled/7a0c.png": ""}
+    assert report["unlabelled"] == 1 and report["unlabelled_also_labelled"] == 1
+    assert report["train"] + report["test"] == 1 and (root / "data/unlabelled/1f2e.png").exists()
+
+
 def test_wrong_size_is_rejected_unless_resizing(tmp_path: Path) -> None:
     root = make_root(tmp_path, {"verify_split": {"resize": False}})
     (root / "data/origin/abcd_1.png").write_bytes(png("abcd", 1))
