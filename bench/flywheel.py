@@ -8,7 +8,10 @@ clone, scored on a held-out test set no run trains on):
    (`captcha_mlops.kept`, with its confidences);
 3. K of them are labelled with their true labels through the same `KeptImages.label` the review page calls:
    the K least sure first (`KeptImages.pending`, the page's order), or K drawn at random;
-4. retrain from the N + K labels, once per choice, and score both.
+4. retrain from the N + K labels, once per choice, and score both;
+5. retrain from the least sure choice's N + K labels once more, with every kept image copied to data/unlabelled/
+   as the README says (`cp $KEPT/<type>/pending/*.png`, before the review): verify_split leaves out the K that
+   became labelled images, and train self-trains on the rest.
 
 Writes bench/results/flywheel.json (and adds nothing to the workspace; runs are tracked in this repo's
 MLflow store, experiment `captcha-own_<style>`).
@@ -24,6 +27,7 @@ import json
 import os
 import platform
 import random
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -81,6 +85,11 @@ def main() -> None:
                     record = kept.keep(image, type_name, "start", reading.text, reading.confidences, reading.valid)
                 truth[record.id] = label_from_name(path)
             queue = kept.pending(type_name, args.unlabelled)
+            pending_copies = work / "pending"  # what `cp $KEPT/<type>/pending/*.png` would copy
+            if choice == "least_sure":
+                pending_copies.mkdir()
+                for record in queue:
+                    shutil.copyfile(kept.image_path(type_name, record.id), pending_copies / f"{record.id}.png")
             rng = random.Random(args.seed)
             chosen = queue[: args.review] if choice == "least_sure" else rng.sample(queue, args.review)
             reviewed = [kept.label(type_name, r.id, truth[r.id], work / f"new-{choice}") for r in chosen]
@@ -93,6 +102,17 @@ def main() -> None:
                 **summary(after),
             }
             print(f"bench: {choice} {json.dumps(arms[choice])}", flush=True)
+            if choice == "least_sure":
+                copied = sorted(pending_copies.iterdir())
+                after = run_point(commit, style, start + reviewed, tests, args.dvc_cache, {}, unlabelled=copied)
+                arms["least_sure_and_rest_unlabelled"] = {
+                    **arms[choice],
+                    "unlabelled_copied": len(copied),
+                    "unlabelled_also_labelled": after["unlabelled_also_labelled"],
+                    "readings_used": after["train"].get("readings_used", 0),
+                    **summary(after),
+                }
+                print(f"bench: + rest unlabelled {json.dumps(arms['least_sure_and_rest_unlabelled'])}", flush=True)
 
     start_misread = sum(r.text != label_from_name(p) for p, r in zip(unlabelled, before["readings"]))
     results = {

@@ -126,10 +126,12 @@ def run_point(
         readings = read_images(clone / "models", read) if read else None
         trained = json.loads((clone / "reports" / "train_metrics.json").read_text())
         pretrained = json.loads((clone / "models" / "pretrained" / "pretrained.json").read_text())
+        verified = json.loads((clone / "reports" / "anomalies.json").read_text())
+    given = {"unlabelled_images": len(unlabelled), "unlabelled_also_labelled": verified["unlabelled_also_labelled"]}
     point = {
         "style": style.name,
         "labels": len(labelled),
-        **({"unlabelled_images": len(unlabelled)} if unlabelled else {}),
+        **(given if unlabelled else {}),
         "commit": commit[:12],
         "test_images": len(tests),
         "test_image_accuracy": round(image_accuracy, 4),
