@@ -85,11 +85,9 @@ def main() -> None:
                     record = kept.keep(image, type_name, "start", reading.text, reading.confidences, reading.valid)
                 truth[record.id] = label_from_name(path)
             queue = kept.pending(type_name, args.unlabelled)
-            pending_copies = work / "pending"  # what `cp $KEPT/<type>/pending/*.png` would copy
-            if choice == "least_sure":
-                pending_copies.mkdir()
-                for record in queue:
-                    shutil.copyfile(kept.image_path(type_name, record.id), pending_copies / f"{record.id}.png")
+            if choice == "least_sure":  # what `cp $KEPT/<type>/pending/*.png` copies, before the review
+                (work / "pending").mkdir()
+                copied = [Path(shutil.copy(kept.image_path(type_name, r.id), work / "pending")) for r in queue]
             rng = random.Random(args.seed)
             chosen = queue[: args.review] if choice == "least_sure" else rng.sample(queue, args.review)
             reviewed = [kept.label(type_name, r.id, truth[r.id], work / f"new-{choice}") for r in chosen]
@@ -103,7 +101,6 @@ def main() -> None:
             }
             print(f"bench: {choice} {json.dumps(arms[choice])}", flush=True)
             if choice == "least_sure":
-                copied = sorted(pending_copies.iterdir())
                 after = run_point(commit, style, start + reviewed, tests, args.dvc_cache, {}, unlabelled=copied)
                 arms["least_sure_and_rest_unlabelled"] = {
                     **arms[choice],
