@@ -42,6 +42,7 @@ import yaml
 from PIL import Image
 
 from bench.styles import STYLES, Style
+from captcha_mlops.dataset import read_manifest
 from captcha_mlops.labels import label_from_name
 from captcha_mlops.metrics import text_accuracies
 from captcha_mlops.paths import ROOT, tracking_uri
@@ -125,9 +126,16 @@ def run_point(
         char_accuracy, image_accuracy = score(clone / "models", tests)
         readings = read_images(clone / "models", read) if read else None
         trained = json.loads((clone / "reports" / "train_metrics.json").read_text())
+        used = read_manifest(clone / "reports" / "readings_used.csv")
         pretrained = json.loads((clone / "models" / "pretrained" / "pretrained.json").read_text())
         verified = json.loads((clone / "reports" / "anomalies.json").read_text())
-    given = {"unlabelled_images": len(unlabelled), "unlabelled_also_labelled": verified["unlabelled_also_labelled"]}
+    truth = {f"plain-{index:05d}{path.suffix}": label_from_name(path) for index, path in enumerate(unlabelled)}
+    given = {
+        "unlabelled_images": len(unlabelled),
+        "unlabelled_also_labelled": verified["unlabelled_also_labelled"],
+        # Of the readings self-training used, the share that were right (the names of the images hold their labels).
+        "readings_right": round(sum(truth[path.name] == text for path, text in used) / max(1, len(used)), 4),
+    }
     point = {
         "style": style.name,
         "labels": len(labelled),

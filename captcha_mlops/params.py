@@ -92,7 +92,8 @@ class TrainParams(Section):
     acc_stop: float = 0.995
     patience_steps: int = Field(500, ge=1)
     self_training_steps: int = Field(500, ge=0)
-    self_training_confidence: float = Field(0.9, ge=0, le=1)
+    self_training_confidence: float = Field(0.0, ge=0, le=1)
+    self_training_views: int = Field(4, ge=0)
     max_minutes: float = Field(0.0, ge=0)
     log_every_n_steps: int = Field(20, ge=1)
     precision: Literal["auto", "float32", "mixed_bfloat16"] = "auto"

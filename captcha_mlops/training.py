@@ -113,11 +113,14 @@ def make_dataset(
     jitter = augmentation(seed) if training and augment else None
 
     def prepare(x: tf.Tensor, y: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-        if jitter is not None:
-            x = tf.cast(tf.clip_by_value(tf.round(jitter(tf.cast(x, tf.float32), training=True)), 0, 255), tf.uint8)
-        return x, tf.one_hot(y, num_classes)
+        return (x if jitter is None else jittered(jitter, x)), tf.one_hot(y, num_classes)
 
     return dataset.map(prepare, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+
+
+def jittered(jitter: keras.Sequential, images: tf.Tensor) -> tf.Tensor:
+    """A batch of uint8 images through `jitter` (an `augmentation`), back to uint8."""
+    return tf.cast(tf.clip_by_value(tf.round(jitter(tf.cast(images, tf.float32), training=True)), 0, 255), tf.uint8)
 
 
 def augmentation(seed: int) -> keras.Sequential:
@@ -342,6 +345,37 @@ def pseudo_labels(
             kept.append(index)
             texts.append(text)
     return np.array(kept, dtype=np.int64), texts
+
+
+def readings_to_train_on(
+    model: keras.Model,
+    images: np.ndarray,
+    codec: Codec,
+    min_length: int,
+    confidence: float,
+    views: int,
+    seed: int,
+    batch_size: int = VALIDATION_BATCH,
+) -> tuple[np.ndarray, list[str]]:
+    """`pseudo_labels` of `model`'s readings of `images`, less those it reads otherwise in any of `views` jittered
+    copies of the image (training's own augmentation, a new draw per view).
+
+    Its confidence alone is a poor guide: a network that has learned its labels by heart is sure of most of its
+    misreadings, and a wrong reading trained on teaches it its own mistake. A misreading rarely survives being
+    read again shifted and turned a little; a right one does (README, "Unlabelled images").
+    """
+    probabilities = model.predict(images, batch_size=batch_size, verbose=0)
+    kept, texts = pseudo_labels(probabilities, codec, min_length, confidence)
+    jitter = augmentation(seed)
+    for _ in range(views):
+        if not len(kept):
+            break
+        copies = tf.data.Dataset.from_tensor_slices(images[kept]).batch(batch_size)
+        copies = copies.map(lambda batch: jittered(jitter, batch))
+        again = [codec.decode(scores)[0] for scores in model.predict(copies, verbose=0)]
+        same = [index for index, (text, other) in enumerate(zip(texts, again)) if text == other]
+        kept, texts = kept[same], [texts[index] for index in same]
+    return kept, texts
 
 
 def fit(

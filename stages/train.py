@@ -3,7 +3,7 @@
 It starts from the `pretrain` stage's network when there is one (see stages/pretrain.py). The budget is
 `train.steps` optimizer steps (captcha_mlops.training). With unlabelled images of the site
 (data/split/unlabelled.csv), it then self-trains: the network reads them, and `train.self_training_steps` more
-steps train on the labels plus its confident readings (README, "Unlabelled images").
+steps train on the labels plus the readings it also reads the same in jittered copies (README, "Unlabelled images").
 
 A checkpoint is saved every validation round of the first fit to checkpoints/; an interrupted run resumes
 from it in the same MLflow run, but only if params, data and pretrained start are what they were: anything
@@ -28,20 +28,21 @@ import tensorflow as tf
 from mlflow.models import ModelSignature
 from mlflow.types import Schema, TensorSpec
 
-from captcha_mlops.dataset import load_images, read_manifest
+from captcha_mlops.dataset import load_images, read_manifest, write_manifest
 from captcha_mlops.labels import Codec
 from captcha_mlops.model import build_model
 from captcha_mlops.params import Params, load_params
 from captcha_mlops.paths import MODELS, REPORTS, ROOT, SPLIT, UNLABELLED
 from captcha_mlops.recognizer import MODEL_FILE, ModelMeta
 from captcha_mlops.tracking import log_manifests, use_experiment
-from captcha_mlops.training import fit, not_learning_hint, pseudo_labels
+from captcha_mlops.training import fit, not_learning_hint, readings_to_train_on
 from stages import pretrain
 
 CHECKPOINTS = ROOT / "checkpoints" / "train"
 RUN_ID_FILE = CHECKPOINTS / "mlflow_run_id"
 FINGERPRINT_FILE = CHECKPOINTS / "fingerprint"
 TRAIN_LOG = REPORTS / "train_log.csv"
+READINGS_USED = REPORTS / "readings_used.csv"  # the unlabelled images self-training used, as the network read them
 
 
 def signature(meta: ModelMeta, num_classes: int) -> ModelSignature:
@@ -119,8 +120,10 @@ def main() -> None:
         log_manifests({"training": SPLIT / "train.csv", "test": SPLIT / "test.csv"})
         summary = fit(model, images, targets, codec.num_classes, params.model.arch, train, TRAIN_LOG, CHECKPOINTS)
         unlabelled = [path for path, _ in read_manifest(UNLABELLED)] if UNLABELLED.exists() else []
+        readings: list[tuple[Path, str]] = []
         if unlabelled and train.self_training_steps:
-            summary = self_train(model, images, targets, codec, params, unlabelled, summary)
+            summary, readings = self_train(model, images, targets, codec, params, unlabelled, summary)
+        write_manifest(READINGS_USED, readings)
         save_model(model, params, codec, run.info.run_id, version)
         mlflow.log_metrics({f"final_{k}": v for k, v in summary.items() if k.startswith("val_")})
         (REPORTS / "train_metrics.json").write_text(json.dumps(summary, indent=2) + "\n")
@@ -141,17 +144,26 @@ def self_train(
     params: Params,
     unlabelled: list[Path],
     first: dict,
-) -> dict:
-    """Read the unlabelled images with the trained `model`, then train it on the labels plus its confident
-    readings for `train.self_training_steps` at half the learning rate; the summary of both fits."""
+) -> tuple[dict, list[tuple[Path, str]]]:
+    """Read the unlabelled images with the trained `model`, then train it on the labels plus the readings it
+    is sure of and reads the same in `train.self_training_views` jittered copies, for
+    `train.self_training_steps` at half the learning rate; the summary of both fits, and the readings used."""
     data, train = params.data, params.train
     plain = load_images(unlabelled, data.width, data.height, desc="load unlabelled")
-    probabilities = model.predict(plain, batch_size=params.evaluate.batch_size, verbose=0)
-    kept, texts = pseudo_labels(probabilities, codec, data.min_length, train.self_training_confidence)
+    kept, texts = readings_to_train_on(
+        model,
+        plain,
+        codec,
+        data.min_length,
+        train.self_training_confidence,
+        train.self_training_views,
+        seed=train.seed,
+        batch_size=params.evaluate.batch_size,
+    )
     mlflow.log_params({"self_training.unlabelled_images": len(unlabelled), "self_training.readings_used": len(kept)})
     print(f"train: self-training on {len(kept)} of {len(unlabelled)} unlabelled images, read sure enough")
     if not len(kept):
-        return first
+        return first, []
     second = fit(
         model,
         images,
@@ -164,7 +176,7 @@ def self_train(
         log_prefix="self_training.",
         first_step=first["steps"],
     )
-    return {
+    summary = {
         **second,
         "steps": first["steps"] + second["steps"],
         "train_seconds": first["train_seconds"] + second["train_seconds"],
@@ -172,6 +184,7 @@ def self_train(
         "readings_used": len(kept),
         "val_image_accuracy_before_self_training": first["val_image_accuracy"],
     }
+    return summary, [(unlabelled[index], text) for index, text in zip(kept, texts)]
 
 
 def save_model(model: keras.Model, params: Params, codec: Codec, run_id: str, version: str) -> None:

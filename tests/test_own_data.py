@@ -67,6 +67,9 @@ def test_own_images_train_from_the_pretrained_network_and_reuse_it(project_facto
     assert "train: self-training on" in output and "of 12 unlabelled images" in output
     logged = from_scratch.data.params
     assert logged["self_training.unlabelled_images"] == "12" and 0 <= int(logged["self_training.readings_used"]) <= 12
+    used = (root / "reports/readings_used.csv").read_text().splitlines()
+    assert used[0] == "path,label" and len(used) - 1 == int(logged["self_training.readings_used"])
+    assert all(row.startswith("data/unlabelled/download-") for row in used[1:])
 
 
 def test_generated_training_data_skips_pretraining(pipeline_project: Path) -> None:

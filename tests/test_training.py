@@ -23,6 +23,7 @@ from captcha_mlops.training import (
     make_dataset,
     not_learning_hint,
     pseudo_labels,
+    readings_to_train_on,
     validation_count,
 )
 
@@ -212,6 +213,30 @@ def test_self_training_uses_only_readings_sure_of_every_character_and_long_enoug
 
     assert kept.tolist() == [0, 3] and texts == ["1234", "789"]
     assert pseudo_labels(readings, CODEC, min_length=3, confidence=0.5)[0].tolist() == [0, 1, 3]
+
+
+class CentrePixelReader(keras.Model):
+    """Reads "1234" where the image's centre pixel is bright, else "5678", sure of every character."""
+
+    def call(self, images):
+        height, width = images.shape[1], images.shape[2]
+        bright = keras.ops.cast(images[:, height // 2, width // 2, 0] > 127, "float32")[:, None, None]
+        sure = [(klass, 0.99) for klass in range(1, 5)]
+        return bright * scores(*sure) + (1 - bright) * scores(*[(klass + 4, p) for klass, p in sure])
+
+
+def test_self_training_leaves_out_readings_that_change_in_jittered_copies() -> None:
+    images = np.zeros((3, 32, 64, 1), np.uint8)
+    images[0] = 255  # all bright: read "1234" however it is shifted or turned
+    images[1, :, 32] = 255  # one bright column through the centre: a shift of a pixel reads "5678" instead
+    # images[2] all dark: "5678" in every copy
+
+    reader = CentrePixelReader()
+    kept, texts = readings_to_train_on(reader, images, CODEC, min_length=4, confidence=0.9, views=4, seed=0)
+
+    assert kept.tolist() == [0, 2] and texts == ["1234", "5678"]
+    everything = readings_to_train_on(reader, images, CODEC, min_length=4, confidence=0.9, views=0, seed=0)
+    assert everything[0].tolist() == [0, 1, 2] and everything[1] == ["1234", "1234", "5678"]
 
 
 def test_train_only_images_are_trained_on_never_validated_on_and_logged_apart(tmp_path: Path) -> None:
