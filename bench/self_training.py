@@ -1,0 +1,139 @@
+"""Which readings of unlabelled images should self-training train on? Rules side by side, on one network.
+
+For each draw: the network is trained once on the style's labelled images, as the `train` stage trains it
+(params.yaml's `model` and `train`, the same images `verify_split` would put in the train split: the same
+labelled and unlabelled images as bench/learning_curve.py's point of that draw). Then each rule self-trains a
+copy of that one network as `train` does (`readings_to_train_on`, then `train.self_training_steps` at half the
+learning rate), and every copy is scored on the style's 400 held-out test images. One network for all rules:
+the comparison is free of the spread between trainings, which is as large as what a rule changes.
+
+- `confidence`: a reading is used when every character of it is read at least 0.9 sure (the rule until
+  09b3eb4: `train.self_training_confidence: 0.9`, `train.self_training_views: 0`).
+- `agreement`: params.yaml's rule (a reading is used when the network reads the same in
+  `train.self_training_views` jittered copies of the image).
+
+    python -m bench.self_training --draws 0 1
+
+Writes bench/results/self_training.json (the draws of this run replace those of the same commit): per draw the
+network's test accuracy before self-training and, per rule, the readings used, the share of them that were
+right (the images' names hold their labels) and the test accuracy after.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import keras
+import mlflow
+import numpy as np
+
+from bench.learning_curve import LABELLED_SEED, RESULTS, TEST_SEED, UNLABELLED_SEED
+from bench.styles import STYLES, Style
+from captcha_mlops.dataset import load_images
+from captcha_mlops.labels import Codec, collect_charset, label_from_name
+from captcha_mlops.metrics import text_accuracies
+from captcha_mlops.model import build_model
+from captcha_mlops.params import Params, load_params
+from captcha_mlops.training import fit, readings_to_train_on
+from stages.verify_split import in_test_split
+
+RULES = {"confidence": {"self_training_confidence": 0.9, "self_training_views": 0}, "agreement": {}}
+
+
+def score(model: keras.Model, codec: Codec, images: np.ndarray, truth: list[str]) -> tuple[float, float]:
+    """(char, image) accuracy of `model` on `images`."""
+    guesses = [codec.decode(scores)[0] for scores in model.predict(images, batch_size=256, verbose=0)]
+    return text_accuracies(truth, guesses)
+
+
+def run_draw(style: Style, params: Params, labels: int, unlabelled: int, draw: int, workdir: Path) -> dict:
+    pool = style.write(workdir / f"labelled-{draw}", labels, LABELLED_SEED + draw)
+    labelled = [path for path in pool if not in_test_split(path, params.verify_split.test_ratio)]
+    plain = style.write(workdir / f"unlabelled-{draw}", unlabelled, UNLABELLED_SEED + draw)
+    tests = style.write(workdir / "test", 400, TEST_SEED)
+    data, train = params.data, params.train
+    codec = Codec(collect_charset(label_from_name(path) for path in pool), data.max_length)  # as charset_from_data
+    images = load_images(labelled, data.width, data.height)
+    targets = codec.encode_many(label_from_name(path) for path in labelled)
+    plain_images = load_images(plain, data.width, data.height)
+    test_images, test_truth = load_images(tests, data.width, data.height), [label_from_name(p) for p in tests]
+
+    keras.utils.set_random_seed(train.seed)
+    model = build_model(params.model, data.height, data.width, data.max_length, codec.num_classes)
+    started = time.monotonic()
+    with mlflow.start_run(run_name=f"teacher-{draw}"):
+        fit(model, images, targets, codec.num_classes, params.model.arch, train, workdir / f"log-{draw}.csv")
+    _, before = score(model, codec, test_images, test_truth)
+    minutes = round((time.monotonic() - started) / 60, 1)
+    row = {"draw": draw, "labelled_train_images": len(labelled), "unlabelled_images": unlabelled}
+    row |= {"test_image_accuracy_before": round(before, 4), "teacher_minutes": minutes}
+    taught = model.get_weights()
+    for name, changes in RULES.items():
+        rule = train.model_copy(update=changes)
+        keras.utils.set_random_seed(train.seed)
+        model.set_weights(taught)
+        confidence, views = rule.self_training_confidence, rule.self_training_views
+        kept, texts = readings_to_train_on(model, plain_images, codec, data.min_length, confidence, views, rule.seed)
+        right = sum(label_from_name(plain[index]) == text for index, text in zip(kept, texts))
+        second = rule.model_copy(update={"steps": rule.self_training_steps, "learning_rate": rule.learning_rate / 2})
+        if len(kept):  # as `train`: nothing read well enough, nothing more to train on
+            with mlflow.start_run(run_name=f"{name}-{draw}"):
+                only = (plain_images[kept], codec.encode_many(texts))
+                log = workdir / f"log-{draw}-{name}.csv"
+                fit(model, images, targets, codec.num_classes, params.model.arch, second, log, train_only=only)
+        char_accuracy, image_accuracy = score(model, codec, test_images, test_truth)
+        row[name] = {
+            "confidence": rule.self_training_confidence,
+            "views": rule.self_training_views,
+            "readings_used": len(kept),
+            "readings_right": round(right / max(1, len(kept)), 4),
+            "test_image_accuracy": round(image_accuracy, 4),
+            "test_char_accuracy": round(char_accuracy, 4),
+        }
+        print(f"bench: draw {draw} {name}: {json.dumps(row[name])}", flush=True)
+    return row
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--style", default="overlap6", choices=list(STYLES))
+    parser.add_argument("--labels", type=int, default=1000)
+    parser.add_argument("--unlabelled", type=int, default=4000)
+    parser.add_argument("--draws", nargs="+", type=int, default=[0])
+    args = parser.parse_args()
+    style = STYLES[args.style]
+    shipped = load_params()
+    data = shipped.data.model_copy(
+        update={"min_length": style.min_length, "max_length": style.max_length}
+        | {"width": style.width, "height": style.height}
+    )
+    params = shipped.model_copy(update={"data": data})
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout[:12]
+    out = RESULTS / "self_training.json"
+    results = json.loads(out.read_text()) if out.exists() else {"rows": []}
+    with tempfile.TemporaryDirectory(prefix="self-training-") as workdir:
+        mlflow.set_tracking_uri(f"sqlite:///{Path(workdir) / 'mlflow.db'}")  # the bench's fits are not the site's
+        mlflow.set_experiment("bench-self_training")
+        for draw in args.draws:
+            row = {"commit": commit, "style": style.name, "labels": args.labels}
+            row |= run_draw(style, params, args.labels, args.unlabelled, draw, Path(workdir))
+            same = (row["commit"], row["style"], row["labels"], row["draw"])
+            kept = [r for r in results["rows"] if (r["commit"], r["style"], r["labels"], r["draw"]) != same]
+            results = {
+                "command": "python -m bench.self_training " + " ".join(sys.argv[1:]),
+                "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores",
+                "rows": [*kept, row],
+            }
+            out.write_text(json.dumps(results, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
