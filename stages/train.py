@@ -161,7 +161,7 @@ def self_train(
         batch_size=params.evaluate.batch_size,
     )
     mlflow.log_params({"self_training.unlabelled_images": len(unlabelled), "self_training.readings_used": len(kept)})
-    print(f"train: self-training on {len(kept)} of {len(unlabelled)} unlabelled images, read sure enough")
+    print(f"train: self-training on {len(kept)} of {len(unlabelled)} unlabelled images, read alike when jittered")
     if not len(kept):
         return first, []
     second = fit(
