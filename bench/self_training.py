@@ -3,9 +3,10 @@
 For each draw: the network is trained once on the style's labelled images, as the `train` stage trains it
 (params.yaml's `model` and `train`, the same images `verify_split` would put in the train split: the same
 labelled and unlabelled images as bench/learning_curve.py's point of that draw). Then each rule self-trains a
-copy of that one network as `train` does (`readings_to_train_on`, then `train.self_training_steps` at half the
-learning rate), and every copy is scored on the style's 400 held-out test images. One network for all rules:
-the comparison is free of the spread between trainings, which is as large as what a rule changes.
+copy of that one network with the `train` stage's own `self_train` (the readings `readings_to_train_on` keeps,
+then `train.self_training_steps` at half the learning rate), and every copy is scored on the style's 400
+held-out test images. One network for all rules: the comparison is free of the spread between trainings, which
+is as large as what a rule changes.
 
 - `confidence`: a reading is used when every character of it is read at least 0.9 sure (the rule until
   09b3eb4: `train.self_training_confidence: 0.9`, `train.self_training_views: 0`).
@@ -42,7 +43,8 @@ from captcha_mlops.labels import Codec, collect_charset, label_from_name
 from captcha_mlops.metrics import text_accuracies
 from captcha_mlops.model import build_model
 from captcha_mlops.params import Params, load_params
-from captcha_mlops.training import fit, readings_to_train_on
+from captcha_mlops.training import fit
+from stages.train import self_train
 from stages.verify_split import in_test_split
 
 RULES = {"confidence": {"self_training_confidence": 0.9, "self_training_views": 0}, "agreement": {}}
@@ -63,38 +65,32 @@ def run_draw(style: Style, params: Params, labels: int, unlabelled: int, draw: i
     codec = Codec(collect_charset(label_from_name(path) for path in pool), data.max_length)  # as charset_from_data
     images = load_images(labelled, data.width, data.height)
     targets = codec.encode_many(label_from_name(path) for path in labelled)
-    plain_images = load_images(plain, data.width, data.height)
     test_images, test_truth = load_images(tests, data.width, data.height), [label_from_name(p) for p in tests]
 
     keras.utils.set_random_seed(train.seed)
     model = build_model(params.model, data.height, data.width, data.max_length, codec.num_classes)
     started = time.monotonic()
     with mlflow.start_run(run_name=f"teacher-{draw}"):
-        fit(model, images, targets, codec.num_classes, params.model.arch, train, workdir / f"log-{draw}.csv")
+        first = fit(model, images, targets, codec.num_classes, params.model.arch, train, workdir / f"log-{draw}.csv")
     _, before = score(model, codec, test_images, test_truth)
     minutes = round((time.monotonic() - started) / 60, 1)
     row = {"draw": draw, "labelled_train_images": len(labelled), "unlabelled_images": unlabelled}
     row |= {"test_image_accuracy_before": round(before, 4), "teacher_minutes": minutes}
     taught = model.get_weights()
     for name, changes in RULES.items():
-        rule = train.model_copy(update=changes)
+        rule = params.model_copy(update={"train": train.model_copy(update=changes)})
         keras.utils.set_random_seed(train.seed)
         model.set_weights(taught)
-        confidence, views = rule.self_training_confidence, rule.self_training_views
-        kept, texts = readings_to_train_on(model, plain_images, codec, data.min_length, confidence, views, rule.seed)
-        right = sum(label_from_name(plain[index]) == text for index, text in zip(kept, texts))
-        second = rule.model_copy(update={"steps": rule.self_training_steps, "learning_rate": rule.learning_rate / 2})
-        if len(kept):  # as `train`: nothing read well enough, nothing more to train on
-            with mlflow.start_run(run_name=f"{name}-{draw}"):
-                only = (plain_images[kept], codec.encode_many(texts))
-                log = workdir / f"log-{draw}-{name}.csv"
-                fit(model, images, targets, codec.num_classes, params.model.arch, second, log, train_only=only)
+        log = workdir / f"log-{draw}-{name}.csv"
+        with mlflow.start_run(run_name=f"{name}-{draw}"):
+            _, readings = self_train(model, images, targets, codec, rule, plain, first, log)
+        right = sum(label_from_name(path) == text for path, text in readings)
         char_accuracy, image_accuracy = score(model, codec, test_images, test_truth)
         row[name] = {
-            "confidence": rule.self_training_confidence,
-            "views": rule.self_training_views,
-            "readings_used": len(kept),
-            "readings_right": round(right / max(1, len(kept)), 4),
+            "confidence": rule.train.self_training_confidence,
+            "views": rule.train.self_training_views,
+            "readings_used": len(readings),
+            "readings_right": round(right / max(1, len(readings)), 4),
             "test_image_accuracy": round(image_accuracy, 4),
             "test_char_accuracy": round(char_accuracy, 4),
         }

@@ -122,7 +122,7 @@ def main() -> None:
         unlabelled = [path for path, _ in read_manifest(UNLABELLED)] if UNLABELLED.exists() else []
         readings: list[tuple[Path, str]] = []
         if unlabelled and train.self_training_steps:
-            summary, readings = self_train(model, images, targets, codec, params, unlabelled, summary)
+            summary, readings = self_train(model, images, targets, codec, params, unlabelled, summary, TRAIN_LOG)
         write_manifest(READINGS_USED, readings)
         save_model(model, params, codec, run.info.run_id, version)
         mlflow.log_metrics({f"final_{k}": v for k, v in summary.items() if k.startswith("val_")})
@@ -144,10 +144,12 @@ def self_train(
     params: Params,
     unlabelled: list[Path],
     first: dict,
+    log_csv: Path,
 ) -> tuple[dict, list[tuple[Path, str]]]:
     """Read the unlabelled images with the trained `model`, then train it on the labels plus the readings it
     is sure of and reads the same in `train.self_training_views` jittered copies, for
-    `train.self_training_steps` at half the learning rate; the summary of both fits, and the readings used."""
+    `train.self_training_steps` at half the learning rate, logging its rounds to `log_csv` after the first fit's; the
+    summary of both fits, and the readings used."""
     data, train = params.data, params.train
     plain = load_images(unlabelled, data.width, data.height, desc="load unlabelled")
     kept, texts = readings_to_train_on(
@@ -171,7 +173,7 @@ def self_train(
         codec.num_classes,
         params.model.arch,
         train.model_copy(update={"steps": train.self_training_steps, "learning_rate": train.learning_rate / 2}),
-        TRAIN_LOG,
+        log_csv,
         train_only=(plain[kept], codec.encode_many(texts)),
         log_prefix="self_training.",
         first_step=first["steps"],
