@@ -27,11 +27,10 @@ def training_model(model: keras.Model) -> keras.Model:
     return model
 
 
-def conv_blocks(
-    inputs: keras.KerasTensor, params: ModelParams, last_pool: tuple[int, int] = (2, 2)
-) -> keras.KerasTensor:
+def conv_blocks(inputs: keras.KerasTensor, params: ModelParams, width_halvings: int | None = None) -> keras.KerasTensor:
     """The feature extractor of `compact` and `ctc`: one [conv 3x3, ReLU, 2x2 max-pool] block per entry of
-    `params.filters`, each halving the image (the last one by `last_pool`).
+    `params.filters`, each halving the image; with `width_halvings`, the blocks past that many halve the
+    height only.
 
     The middle blocks (all but the first and the last) stack `params.convs_per_block` convs: two see a
     glyph's strokes at twice the reach before the image is halved again, which tells overlapping look-alikes
@@ -43,16 +42,21 @@ def conv_blocks(
     accuracy climbs.
     """
     filters = params.filters
+    halvings = len(filters) if width_halvings is None else width_halvings
+
+    def pooling(block: int) -> layers.MaxPooling2D:
+        return layers.MaxPooling2D((2, 2) if block <= halvings else (2, 1))
+
     x = layers.Rescaling(1.0 / 255)(inputs)
     x = layers.Conv2D(filters[0], 3, padding="same", activation="relu")(x)
-    x = layers.MaxPooling2D()(x)
+    x = pooling(1)(x)
     for block, channels in enumerate(filters[1:], start=2):
         is_last = block == len(filters)
         for _ in range(1 if is_last else params.convs_per_block):
             x = layers.Conv2D(channels, 3, padding="same", use_bias=False)(x)
             x = layers.BatchNormalization(momentum=0.9)(x)
             x = layers.ReLU()(x)
-        x = layers.MaxPooling2D(last_pool if is_last else (2, 2))(x)
+        x = pooling(block)(x)
     return x
 
 
@@ -95,18 +99,25 @@ def seed_model(height: int, width: int, max_length: int, num_classes: int) -> ke
 def ctc_model(params: ModelParams, height: int, width: int, max_length: int, num_classes: int) -> keras.Model:
     """The compact conv blocks read as a sequence of columns by a bidirectional GRU, trained with CTC.
 
-    The last block halves the height only, so a 100-wide image becomes 12 columns (one per 8 pixels,
-    about three per character). The same GRU and classifier read every column, so a glyph learned at one
-    place is known everywhere: that sharing is what makes CTC models learn captchas from less data than
+    The blocks halve the width until a column is `params.column_pixels` wide, and the height only after
+    that: with the default 8, a 100-wide image becomes 12 columns, about three per character. 4 gives twice
+    as many, for glyphs squeezed under their neighbours and doubled letters, which need a blank column
+    between them: on one draw of 1,000 overlap6 labels it misread fewer test images, by less than the spread
+    of one training, so it is not the default until `python -m bench.paired_training --set
+    model.column_pixels=4 --draws 0 1 2` says so. The same GRU and classifier read every column, so a glyph
+    learned at one place is known everywhere: that sharing is what makes CTC models learn captchas from less data than
     per-position heads. Each column scores the characters plus "blank" (the codec's PAD class, so the
     output keeps `num_classes`); `GreedyCtcDecode` turns the columns into the per-position output of the
     other networks, which is what is saved and served.
     """
-    steps = width // 2 ** (len(params.filters) - 1)
+    width_halvings = params.column_pixels.bit_length() - 1
+    if width_halvings > len(params.filters):
+        raise ValueError(f"ctc: {len(params.filters)} conv blocks can't make {params.column_pixels}-pixel columns")
+    steps = width >> width_halvings
     if steps < 2 * max_length - 1:  # CTC needs a blank column between two equal characters
         raise ValueError(f"ctc: {width} pixels give {steps} columns, too few for {max_length} characters")
     inputs = keras.Input(shape=(height, width, 1), name="image", dtype="uint8")
-    x = conv_blocks(inputs, params, last_pool=(2, 1))
+    x = conv_blocks(inputs, params, width_halvings)
     # (rows, columns, channels) -> one feature vector per column, left to right.
     x = layers.Permute((2, 1, 3))(x)
     x = layers.Reshape((x.shape[1], x.shape[2] * x.shape[3]))(x)

@@ -56,6 +56,18 @@ def test_ctc_needs_a_column_per_character_and_blank() -> None:
         build_model(ModelParams(arch="ctc"), height=60, width=80, max_length=6, num_classes=37)
 
 
+@pytest.mark.parametrize(("column_pixels", "columns"), [(16, 10), (8, 20), (4, 40)])
+def test_ctc_reads_one_column_per_column_pixels_of_width(column_pixels: int, columns: int) -> None:
+    model = build_model(ModelParams(column_pixels=column_pixels), height=60, width=160, max_length=5, num_classes=27)
+    assert model.get_layer("step_logits").output.shape == (None, columns, 27)
+    assert model.output.shape == (None, 5, 27)
+
+
+def test_ctc_column_pixels_needs_as_many_conv_blocks() -> None:
+    with pytest.raises(ValueError, match="3 conv blocks can't make 16-pixel columns"):
+        build_model(ModelParams(filters=[8, 16, 24], column_pixels=16), 60, 400, 4, 11)
+
+
 @pytest.mark.parametrize("arch", ["compact", "ctc"])
 def test_convs_per_block_deepens_the_middle_blocks_only(arch: str) -> None:
     def conv_channels(convs_per_block: int) -> list[int]:
