@@ -34,47 +34,26 @@ from pathlib import Path
 
 import keras
 import mlflow
-import numpy as np
 
-from bench.learning_curve import LABELLED_SEED, RESULTS, TEST_SEED, UNLABELLED_SEED
+from bench.draws import load_draw, style_params
+from bench.learning_curve import RESULTS
 from bench.styles import STYLES, Style
-from captcha_mlops.dataset import load_images
-from captcha_mlops.labels import Codec, collect_charset, label_from_name
-from captcha_mlops.metrics import text_accuracies
-from captcha_mlops.model import build_model
-from captcha_mlops.params import Params, load_params
-from captcha_mlops.training import fit
+from captcha_mlops.labels import label_from_name
+from captcha_mlops.params import Params
 from stages.train import self_train
-from stages.verify_split import in_test_split
 
 RULES = {"confidence": {"self_training_confidence": 0.9, "self_training_views": 0}, "agreement": {}}
 
 
-def score(model: keras.Model, codec: Codec, images: np.ndarray, truth: list[str]) -> tuple[float, float]:
-    """(char, image) accuracy of `model` on `images`."""
-    guesses = [codec.decode(scores)[0] for scores in model.predict(images, batch_size=256, verbose=0)]
-    return text_accuracies(truth, guesses)
-
-
 def run_draw(style: Style, params: Params, labels: int, unlabelled: int, draw: int, workdir: Path) -> dict:
-    pool = style.write(workdir / f"labelled-{draw}", labels, LABELLED_SEED + draw)
-    labelled = [path for path in pool if not in_test_split(path, params.verify_split.test_ratio)]
-    plain = style.write(workdir / f"unlabelled-{draw}", unlabelled, UNLABELLED_SEED + draw)
-    tests = style.write(workdir / "test", 400, TEST_SEED)
-    data, train = params.data, params.train
-    codec = Codec(collect_charset(label_from_name(path) for path in pool), data.max_length)  # as charset_from_data
-    images = load_images(labelled, data.width, data.height)
-    targets = codec.encode_many(label_from_name(path) for path in labelled)
-    test_images, test_truth = load_images(tests, data.width, data.height), [label_from_name(p) for p in tests]
-
-    keras.utils.set_random_seed(train.seed)
-    model = build_model(params.model, data.height, data.width, data.max_length, codec.num_classes)
+    sample = load_draw(style, params, labels, unlabelled, draw, workdir)
+    train = params.train
     started = time.monotonic()
     with mlflow.start_run(run_name=f"teacher-{draw}"):
-        first = fit(model, images, targets, codec.num_classes, params.model.arch, train, workdir / f"log-{draw}.csv")
-    _, before = score(model, codec, test_images, test_truth)
+        model, first = sample.trained(params, workdir / f"log-{draw}.csv")
+    _, before = sample.score(model)
     minutes = round((time.monotonic() - started) / 60, 1)
-    row = {"draw": draw, "labelled_train_images": len(labelled), "unlabelled_images": unlabelled}
+    row = {"draw": draw, "labelled_train_images": len(sample.labelled), "unlabelled_images": unlabelled}
     row |= {"test_image_accuracy_before": round(before, 4), "teacher_minutes": minutes}
     taught = model.get_weights()
     for name, changes in RULES.items():
@@ -83,9 +62,11 @@ def run_draw(style: Style, params: Params, labels: int, unlabelled: int, draw: i
         model.set_weights(taught)
         log = workdir / f"log-{draw}-{name}.csv"
         with mlflow.start_run(run_name=f"{name}-{draw}"):
-            _, readings = self_train(model, images, targets, codec, rule, plain, first, log)
+            _, readings = self_train(
+                model, sample.images, sample.targets, sample.codec, rule, sample.unlabelled, first, log
+            )
         right = sum(label_from_name(path) == text for path, text in readings)
-        char_accuracy, image_accuracy = score(model, codec, test_images, test_truth)
+        char_accuracy, image_accuracy = sample.score(model)
         row[name] = {
             "confidence": rule.train.self_training_confidence,
             "views": rule.train.self_training_views,
@@ -106,12 +87,7 @@ def main() -> None:
     parser.add_argument("--draws", nargs="+", type=int, default=[0])
     args = parser.parse_args()
     style = STYLES[args.style]
-    shipped = load_params()
-    data = shipped.data.model_copy(
-        update={"min_length": style.min_length, "max_length": style.max_length}
-        | {"width": style.width, "height": style.height}
-    )
-    params = shipped.model_copy(update={"data": data})
+    params = style_params(style)
     commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout[:12]
     out = RESULTS / "self_training.json"
     results = json.loads(out.read_text()) if out.exists() else {"rows": []}

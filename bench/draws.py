@@ -1,0 +1,76 @@
+"""One draw of a style's images, loaded as the `train` stage would get them: for the benches that train
+networks side by side on the same images (bench/self_training.py, bench/paired_training.py).
+
+The images are those of bench/learning_curve.py's point of the same draw: its labelled images less the
+pipeline's test split, its unlabelled images, and the style's 400 held-out test images.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from bench.learning_curve import LABELLED_SEED, TEST_SEED, UNLABELLED_SEED
+from bench.styles import Style
+from captcha_mlops.dataset import load_images
+from captcha_mlops.labels import Codec, collect_charset, label_from_name
+from captcha_mlops.metrics import text_accuracies
+from captcha_mlops.model import build_model
+from captcha_mlops.params import Params, load_params
+from captcha_mlops.training import fit
+from stages.verify_split import in_test_split
+
+TEST_IMAGES = 400
+
+
+@dataclasses.dataclass(frozen=True)
+class Draw:
+    codec: Codec
+    labelled: list[Path]  # the train split
+    images: np.ndarray
+    targets: np.ndarray
+    unlabelled: list[Path]
+    test_images: np.ndarray
+    test_truth: list[str]
+
+    def trained(self, params: Params, log_csv: Path) -> tuple[keras.Model, dict]:
+        """A network trained on the labels as the `train` stage trains it from scratch (before any
+        self-training), and `fit`'s summary."""
+        data, train = params.data, params.train
+        keras.utils.set_random_seed(train.seed)
+        model = build_model(params.model, data.height, data.width, data.max_length, self.codec.num_classes)
+        summary = fit(model, self.images, self.targets, self.codec.num_classes, params.model.arch, train, log_csv)
+        return model, summary
+
+    def score(self, model: keras.Model) -> tuple[float, float]:
+        """(char, image) accuracy of `model` on the test images."""
+        scores = model.predict(self.test_images, batch_size=256, verbose=0)
+        return text_accuracies(self.test_truth, [self.codec.decode(s)[0] for s in scores])
+
+
+def style_params(style: Style, params: Params | None = None) -> Params:
+    """params.yaml (or `params`) with the style's lengths and size, as the README recipe sets them."""
+    params = params or load_params()
+    shape = {"min_length": style.min_length, "max_length": style.max_length}
+    data = params.data.model_copy(update=shape | {"width": style.width, "height": style.height})
+    return params.model_copy(update={"data": data})
+
+
+def load_draw(style: Style, params: Params, labels: int, unlabelled: int, draw: int, workdir: Path) -> Draw:
+    pool = style.write(workdir / f"labelled-{draw}", labels, LABELLED_SEED + draw)
+    labelled = [path for path in pool if not in_test_split(path, params.verify_split.test_ratio)]
+    tests = style.write(workdir / "test", TEST_IMAGES, TEST_SEED)
+    data = params.data
+    codec = Codec(collect_charset(label_from_name(path) for path in pool), data.max_length)  # as charset_from_data
+    return Draw(
+        codec=codec,
+        labelled=labelled,
+        images=load_images(labelled, data.width, data.height),
+        targets=codec.encode_many(label_from_name(path) for path in labelled),
+        unlabelled=style.write(workdir / f"unlabelled-{draw}", unlabelled, UNLABELLED_SEED + draw),
+        test_images=load_images(tests, data.width, data.height),
+        test_truth=[label_from_name(path) for path in tests],
+    )

@@ -1,0 +1,93 @@
+"""Does a change of params read better? Networks trained side by side on the same images.
+
+For each draw of a style's labelled images (bench/draws.py: those of bench/learning_curve.py's point of that
+draw, less the pipeline's test split), trains one network with params.yaml and one with params.yaml and the
+`--set` overrides, each as the `train` stage trains it from scratch, the same seed, and scores both on the
+style's 400 held-out test images. The same images for both: the comparison is free of which images a draw
+happened to label, not of the spread between two trainings (about 0.01 at 1,000 labels), so run several draws.
+
+    python -m bench.paired_training --set model.column_pixels=4 --draws 0 1 2
+
+Writes bench/results/paired_training.json (the rows of this run replace those of the same commit, style,
+labels, overrides and draw): per draw and network the test image and char accuracy, image accuracy per
+captcha length, the misreadings and the training minutes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import mlflow
+import yaml
+
+from bench.draws import Draw, load_draw, style_params
+from bench.learning_curve import RESULTS, apply
+from bench.styles import STYLES
+from captcha_mlops.params import Params
+
+
+def measure(sample: Draw, params: Params, log_csv: Path) -> dict:
+    started = time.monotonic()
+    model, _ = sample.trained(params, log_csv)
+    minutes = (time.monotonic() - started) / 60
+    readings = [sample.codec.decode(scores)[0] for scores in model.predict(sample.test_images, verbose=0)]
+    by_length: dict[int, list[bool]] = {}
+    for truth, reading in zip(sample.test_truth, readings):
+        by_length.setdefault(len(truth), []).append(truth == reading)
+    char_accuracy, image_accuracy = sample.score(model)
+    return {
+        "test_image_accuracy": round(image_accuracy, 4),
+        "test_char_accuracy": round(char_accuracy, 4),
+        "image_accuracy_by_length": {n: round(sum(r) / len(r), 4) for n, r in sorted(by_length.items())},
+        "misread": [[truth, reading] for truth, reading in zip(sample.test_truth, readings) if truth != reading],
+        "minutes": round(minutes, 1),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--style", default="overlap6", choices=list(STYLES))
+    parser.add_argument("--labels", type=int, default=1000)
+    parser.add_argument("--draws", nargs="+", type=int, default=[0])
+    parser.add_argument("--set", nargs="+", required=True, metavar="KEY=VALUE", help="params.yaml overrides")
+    args = parser.parse_args()
+    style = STYLES[args.style]
+    overrides = {key: yaml.safe_load(value) for key, value in (item.split("=", 1) for item in args.set)}
+    shipped = style_params(style)
+    changed = Params.model_validate(apply(shipped.model_dump(), overrides))
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout[:12]
+    out = RESULTS / "paired_training.json"
+    results = json.loads(out.read_text()) if out.exists() else {"rows": []}
+    with tempfile.TemporaryDirectory(prefix="paired-training-") as workdir:
+        mlflow.set_tracking_uri(f"sqlite:///{Path(workdir) / 'mlflow.db'}")  # the bench's fits are not the site's
+        mlflow.set_experiment("bench-paired_training")
+        for draw in args.draws:
+            sample = load_draw(style, shipped, args.labels, 0, draw, Path(workdir))
+            row = {"commit": commit, "style": style.name, "labels": args.labels, "overrides": overrides, "draw": draw}
+            row["labelled_train_images"] = len(sample.labelled)
+            for name, params in (("params.yaml", shipped), ("overridden", changed)):
+                with mlflow.start_run(run_name=f"{name}-{draw}"):
+                    row[name] = measure(sample, params, Path(workdir) / f"log-{draw}-{name}.csv")
+                print(f"bench: draw {draw} {name}: {json.dumps(row[name])}", flush=True)
+            same = [row[key] for key in ("commit", "style", "labels", "overrides", "draw")]
+            kept = [
+                r for r in results["rows"] if [r[k] for k in ("commit", "style", "labels", "overrides", "draw")] != same
+            ]
+            results = {
+                "command": "python -m bench.paired_training " + " ".join(sys.argv[1:]),
+                "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores",
+                "rows": [*kept, row],
+            }
+            out.write_text(json.dumps(results, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
