@@ -8,6 +8,10 @@ pipeline's test split, its unlabelled images, and the style's 400 held-out test 
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
+import platform
+import sys
 from pathlib import Path
 
 import keras
@@ -74,3 +78,16 @@ def load_draw(style: Style, params: Params, labels: int, unlabelled: int, draw: 
         test_images=load_images(tests, data.width, data.height),
         test_truth=[label_from_name(path) for path in tests],
     )
+
+
+def record(out: Path, row: dict, keys: tuple[str, ...], bench: str) -> None:
+    """Write `row` into the rows of the JSON file `out`, in place of a row that has the same `keys`, with the
+    command that measured it (`python -m <bench>` and this process's arguments) and the machine."""
+    results = json.loads(out.read_text()) if out.exists() else {"rows": []}
+    kept = [other for other in results["rows"] if [other.get(key) for key in keys] != [row[key] for key in keys]]
+    results = {
+        "command": " ".join(["python -m", bench, *sys.argv[1:]]),
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores",
+        "rows": [*kept, row],
+    }
+    out.write_text(json.dumps(results, indent=2) + "\n")

@@ -17,10 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -28,7 +25,7 @@ from pathlib import Path
 import mlflow
 import yaml
 
-from bench.draws import Draw, load_draw, style_params
+from bench.draws import Draw, load_draw, record, style_params
 from bench.learning_curve import RESULTS, apply
 from bench.styles import STYLES
 from captcha_mlops.params import Params
@@ -65,7 +62,6 @@ def main() -> None:
     changed = Params.model_validate(apply(shipped.model_dump(), overrides))
     commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout[:12]
     out = RESULTS / "paired_training.json"
-    results = json.loads(out.read_text()) if out.exists() else {"rows": []}
     with tempfile.TemporaryDirectory(prefix="paired-training-") as workdir:
         mlflow.set_tracking_uri(f"sqlite:///{Path(workdir) / 'mlflow.db'}")  # the bench's fits are not the site's
         mlflow.set_experiment("bench-paired_training")
@@ -77,16 +73,7 @@ def main() -> None:
                 with mlflow.start_run(run_name=f"{name}-{draw}"):
                     row[name] = measure(sample, params, Path(workdir) / f"log-{draw}-{name}.csv")
                 print(f"bench: draw {draw} {name}: {json.dumps(row[name])}", flush=True)
-            same = [row[key] for key in ("commit", "style", "labels", "overrides", "draw")]
-            kept = [
-                r for r in results["rows"] if [r[k] for k in ("commit", "style", "labels", "overrides", "draw")] != same
-            ]
-            results = {
-                "command": "python -m bench.paired_training " + " ".join(sys.argv[1:]),
-                "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores",
-                "rows": [*kept, row],
-            }
-            out.write_text(json.dumps(results, indent=2) + "\n")
+            record(out, row, ("commit", "style", "labels", "overrides", "draw"), "bench.paired_training")
 
 
 if __name__ == "__main__":

@@ -24,10 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -35,7 +32,7 @@ from pathlib import Path
 import keras
 import mlflow
 
-from bench.draws import load_draw, style_params
+from bench.draws import load_draw, record, style_params
 from bench.learning_curve import RESULTS
 from bench.styles import STYLES, Style
 from captcha_mlops.labels import label_from_name
@@ -90,21 +87,13 @@ def main() -> None:
     params = style_params(style)
     commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout[:12]
     out = RESULTS / "self_training.json"
-    results = json.loads(out.read_text()) if out.exists() else {"rows": []}
     with tempfile.TemporaryDirectory(prefix="self-training-") as workdir:
         mlflow.set_tracking_uri(f"sqlite:///{Path(workdir) / 'mlflow.db'}")  # the bench's fits are not the site's
         mlflow.set_experiment("bench-self_training")
         for draw in args.draws:
             row = {"commit": commit, "style": style.name, "labels": args.labels}
             row |= run_draw(style, params, args.labels, args.unlabelled, draw, Path(workdir))
-            same = (row["commit"], row["style"], row["labels"], row["draw"])
-            kept = [r for r in results["rows"] if (r["commit"], r["style"], r["labels"], r["draw"]) != same]
-            results = {
-                "command": "python -m bench.self_training " + " ".join(sys.argv[1:]),
-                "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores",
-                "rows": [*kept, row],
-            }
-            out.write_text(json.dumps(results, indent=2) + "\n")
+            record(out, row, ("commit", "style", "labels", "draw"), "bench.self_training")
 
 
 if __name__ == "__main__":

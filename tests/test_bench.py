@@ -13,6 +13,7 @@ import pytest
 from PIL import Image
 
 from bench.accuracy import accuracy_ratio
+from bench.draws import record
 from bench.learning_curve import recipe, save, series_name
 from bench.serving import cpu_meter, with_cpu
 from bench.styles import STYLES, Style
@@ -76,6 +77,16 @@ def test_a_learning_curve_point_is_named_by_what_it_adds_to_the_recipe() -> None
     assert series_name({"style": "overlap6", "overrides": {**overlap6, **extra}}) == (
         "overlap6, model.convs_per_block=2, pretrain.images=0"
     )
+
+
+def test_a_bench_row_replaces_only_the_one_with_the_same_keys(tmp_path: Path) -> None:
+    out = tmp_path / "results.json"
+    for row in ({"commit": "a", "draw": 0, "read": 0.9}, {"commit": "a", "draw": 1, "read": 0.8}):
+        record(out, row, ("commit", "draw"), "bench.example")
+    record(out, {"commit": "a", "draw": 0, "read": 0.95}, ("commit", "draw"), "bench.example")
+    results = json.loads(out.read_text())
+    assert sorted((row["draw"], row["read"]) for row in results["rows"]) == [(0, 0.95), (1, 0.8)]
+    assert results["command"].startswith("python -m bench.example")
 
 
 def test_accuracy_ratio_is_undefined_when_the_seed_reads_nothing() -> None:
