@@ -82,10 +82,12 @@ def load_draw(style: Style, params: Params, labels: int, unlabelled: int, draw: 
 
 def record(out: Path, row: dict, keys: tuple[str, ...], bench: str) -> None:
     """Write `row` into the rows of the JSON file `out`, in place of a row that has the same `keys`, with the
-    command that measured it (`python -m <bench>` and this process's arguments) and the machine."""
+    command that measured it (`python -m <bench>` and this process's arguments) and the machine; the file's
+    other keys are kept."""
     results = json.loads(out.read_text()) if out.exists() else {"rows": []}
     kept = [other for other in results["rows"] if [other.get(key) for key in keys] != [row[key] for key in keys]]
     results = {
+        **results,  # a note on earlier rows stays
         "command": " ".join(["python -m", bench, *sys.argv[1:]]),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores",
         "rows": [*kept, row],

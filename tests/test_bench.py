@@ -81,12 +81,14 @@ def test_a_learning_curve_point_is_named_by_what_it_adds_to_the_recipe() -> None
 
 def test_a_bench_row_replaces_only_the_one_with_the_same_keys(tmp_path: Path) -> None:
     out = tmp_path / "results.json"
+    out.write_text(json.dumps({"note": "on earlier rows", "rows": []}))
     for row in ({"commit": "a", "draw": 0, "read": 0.9}, {"commit": "a", "draw": 1, "read": 0.8}):
         record(out, row, ("commit", "draw"), "bench.example")
     record(out, {"commit": "a", "draw": 0, "read": 0.95}, ("commit", "draw"), "bench.example")
     results = json.loads(out.read_text())
     assert sorted((row["draw"], row["read"]) for row in results["rows"]) == [(0, 0.95), (1, 0.8)]
     assert results["command"].startswith("python -m bench.example")
+    assert results["note"] == "on earlier rows"
 
 
 def test_accuracy_ratio_is_undefined_when_the_seed_reads_nothing() -> None:
