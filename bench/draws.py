@@ -7,14 +7,19 @@ pipeline's test split, its unlabelled images, and the style's 400 held-out test 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
 import platform
+import subprocess
 import sys
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import keras
+import mlflow
 import numpy as np
 
 from bench.learning_curve import LABELLED_SEED, TEST_SEED, UNLABELLED_SEED
@@ -93,3 +98,17 @@ def record(out: Path, row: dict, keys: tuple[str, ...], bench: str) -> None:
         "rows": [*kept, row],
     }
     out.write_text(json.dumps(results, indent=2) + "\n")
+
+
+def commit() -> str:
+    return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout[:12]
+
+
+@contextlib.contextmanager
+def scratch(bench: str) -> Iterator[Path]:
+    """A temporary folder for a bench's images, tracked in an MLflow store of its own there (experiment
+    `bench-<bench>`): the bench's fits are not the site's."""
+    with tempfile.TemporaryDirectory(prefix=f"{bench}-") as workdir:
+        mlflow.set_tracking_uri(f"sqlite:///{Path(workdir) / 'mlflow.db'}")
+        mlflow.set_experiment(f"bench-{bench}")
+        yield Path(workdir)

@@ -17,15 +17,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
-import tempfile
 import time
 from pathlib import Path
 
 import mlflow
 import yaml
 
-from bench.draws import Draw, load_draw, record, style_params
+from bench.draws import Draw, commit, load_draw, record, scratch, style_params
 from bench.learning_curve import RESULTS, apply
 from bench.styles import STYLES
 from captcha_mlops.params import Params
@@ -60,18 +58,15 @@ def main() -> None:
     overrides = {key: yaml.safe_load(value) for key, value in (item.split("=", 1) for item in args.set)}
     shipped = style_params(style)
     changed = Params.model_validate(apply(shipped.model_dump(), overrides))
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout[:12]
     out = RESULTS / "paired_training.json"
-    with tempfile.TemporaryDirectory(prefix="paired-training-") as workdir:
-        mlflow.set_tracking_uri(f"sqlite:///{Path(workdir) / 'mlflow.db'}")  # the bench's fits are not the site's
-        mlflow.set_experiment("bench-paired_training")
+    with scratch("paired_training") as workdir:
         for draw in args.draws:
-            sample = load_draw(style, shipped, args.labels, 0, draw, Path(workdir))
-            row = {"commit": commit, "style": style.name, "labels": args.labels, "overrides": overrides, "draw": draw}
+            sample = load_draw(style, shipped, args.labels, 0, draw, workdir)
+            row = {"commit": commit(), "style": style.name, "labels": args.labels, "overrides": overrides, "draw": draw}
             row["labelled_train_images"] = len(sample.labelled)
             for name, params in (("params.yaml", shipped), ("overridden", changed)):
                 with mlflow.start_run(run_name=f"{name}-{draw}"):
-                    row[name] = measure(sample, params, Path(workdir) / f"log-{draw}-{name}.csv")
+                    row[name] = measure(sample, params, workdir / f"log-{draw}-{name}.csv")
                 print(f"bench: draw {draw} {name}: {json.dumps(row[name])}", flush=True)
             record(out, row, ("commit", "style", "labels", "overrides", "draw"), "bench.paired_training")
 

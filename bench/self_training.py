@@ -24,15 +24,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
-import tempfile
 import time
 from pathlib import Path
 
 import keras
 import mlflow
 
-from bench.draws import load_draw, record, style_params
+from bench.draws import commit, load_draw, record, scratch, style_params
 from bench.learning_curve import RESULTS
 from bench.styles import STYLES, Style
 from captcha_mlops.labels import label_from_name
@@ -85,14 +83,11 @@ def main() -> None:
     args = parser.parse_args()
     style = STYLES[args.style]
     params = style_params(style)
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout[:12]
     out = RESULTS / "self_training.json"
-    with tempfile.TemporaryDirectory(prefix="self-training-") as workdir:
-        mlflow.set_tracking_uri(f"sqlite:///{Path(workdir) / 'mlflow.db'}")  # the bench's fits are not the site's
-        mlflow.set_experiment("bench-self_training")
+    with scratch("self_training") as workdir:
         for draw in args.draws:
-            row = {"commit": commit, "style": style.name, "labels": args.labels}
-            row |= run_draw(style, params, args.labels, args.unlabelled, draw, Path(workdir))
+            row = {"commit": commit(), "style": style.name, "labels": args.labels}
+            row |= run_draw(style, params, args.labels, args.unlabelled, draw, workdir)
             record(out, row, ("commit", "style", "labels", "draw"), "bench.self_training")
 
 
