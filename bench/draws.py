@@ -54,15 +54,19 @@ class Draw:
         summary = fit(model, self.images, self.targets, self.codec.num_classes, params.model.arch, train, log_csv)
         return model, summary
 
+    def readings(self, model: keras.Model) -> list[str]:
+        """`model`'s reading of each test image."""
+        scores = model.predict(self.test_images, batch_size=256, verbose=0)
+        return [self.codec.decode(s)[0] for s in scores]
+
     def score(self, model: keras.Model) -> tuple[float, float]:
         """(char, image) accuracy of `model` on the test images."""
-        scores = model.predict(self.test_images, batch_size=256, verbose=0)
-        return text_accuracies(self.test_truth, [self.codec.decode(s)[0] for s in scores])
+        return text_accuracies(self.test_truth, self.readings(model))
 
 
-def style_params(style: Style, params: Params | None = None) -> Params:
-    """params.yaml (or `params`) with the style's lengths and size, as the README recipe sets them."""
-    params = params or load_params()
+def style_params(style: Style) -> Params:
+    """params.yaml with the style's lengths and size, as the README recipe sets them."""
+    params = load_params()
     shape = {"min_length": style.min_length, "max_length": style.max_length}
     data = params.data.model_copy(update=shape | {"width": style.width, "height": style.height})
     return params.model_copy(update={"data": data})

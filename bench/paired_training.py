@@ -26,6 +26,7 @@ import yaml
 from bench.draws import Draw, commit, load_draw, record, scratch, style_params
 from bench.learning_curve import RESULTS, apply
 from bench.styles import STYLES
+from captcha_mlops.metrics import text_accuracies
 from captcha_mlops.params import Params
 
 
@@ -33,11 +34,11 @@ def measure(sample: Draw, params: Params, log_csv: Path) -> dict:
     started = time.monotonic()
     model, _ = sample.trained(params, log_csv)
     minutes = (time.monotonic() - started) / 60
-    readings = [sample.codec.decode(scores)[0] for scores in model.predict(sample.test_images, verbose=0)]
+    readings = sample.readings(model)
     by_length: dict[int, list[bool]] = {}
     for truth, reading in zip(sample.test_truth, readings):
         by_length.setdefault(len(truth), []).append(truth == reading)
-    char_accuracy, image_accuracy = sample.score(model)
+    char_accuracy, image_accuracy = text_accuracies(sample.test_truth, readings)
     return {
         "test_image_accuracy": round(image_accuracy, 4),
         "test_char_accuracy": round(char_accuracy, 4),
