@@ -29,7 +29,7 @@ from captcha_mlops.labels import Codec, collect_charset, label_from_name
 from captcha_mlops.metrics import text_accuracies
 from captcha_mlops.model import build_model
 from captcha_mlops.params import Params, load_params
-from captcha_mlops.training import fit
+from captcha_mlops.training import fit, resolve_precision
 from stages.verify_split import in_test_split
 
 TEST_IMAGES = 400
@@ -91,17 +91,24 @@ def load_draw(style: Style, params: Params, labels: int, unlabelled: int, draw: 
 
 def record(out: Path, row: dict, keys: tuple[str, ...], bench: str) -> None:
     """Write `row` into the rows of the JSON file `out`, in place of a row that has the same `keys`, with the
-    command that measured it (`python -m <bench>` and this process's arguments) and the machine; the file's
-    other keys are kept."""
+    command that measured it (`python -m <bench>` and this process's arguments) and the machine it ran on
+    (rows of one file come from different machines); the file's other keys are kept."""
     results = json.loads(out.read_text()) if out.exists() else {"rows": []}
     kept = [other for other in results["rows"] if [other.get(key) for key in keys] != [row[key] for key in keys]]
-    results = {
-        **results,  # a note on earlier rows stays
-        "command": " ".join(["python -m", bench, *sys.argv[1:]]),
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores",
-        "rows": [*kept, row],
-    }
-    out.write_text(json.dumps(results, indent=2) + "\n")
+    measured = {**row, "command": " ".join(["python -m", bench, *sys.argv[1:]]), "machine": machine()}
+    out.write_text(json.dumps({**results, "rows": [*kept, measured]}, indent=2) + "\n")
+
+
+def machine() -> str:
+    """The CPU and the precision `train.precision: auto` trains in on it: they set the minutes."""
+    cpu = platform.processor() or platform.machine()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        names = [
+            line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines() if line.startswith("model name")
+        ]
+        cpu = names[0] if names else cpu
+    return f"{cpu}, {os.cpu_count()} CPU cores, training in {resolve_precision('auto')}"
 
 
 def commit() -> str:

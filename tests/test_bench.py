@@ -87,7 +87,10 @@ def test_a_bench_row_replaces_only_the_one_with_the_same_keys(tmp_path: Path) ->
     record(out, {"commit": "a", "draw": 0, "read": 0.95}, ("commit", "draw"), "bench.example")
     results = json.loads(out.read_text())
     assert sorted((row["draw"], row["read"]) for row in results["rows"]) == [(0, 0.95), (1, 0.8)]
-    assert results["command"].startswith("python -m bench.example")
+    assert all(
+        row["command"].startswith("python -m bench.example") and "CPU cores" in row["machine"]
+        for row in results["rows"]
+    )
     assert results["note"] == "on earlier rows"
 
 
