@@ -85,10 +85,13 @@ def read_images(model_dir: Path, paths: list[Path]) -> list:
     return readings
 
 
-def score(model_dir: Path, test_paths: list[Path]) -> tuple[float, float]:
-    """(char, image) accuracy of a trained model on the style's held-out test images."""
+def score(model_dir: Path, test_paths: list[Path]) -> tuple[float, float, list[list[str]]]:
+    """(char, image) accuracy of a trained model on the style's held-out test images, and its misreadings
+    ([truth, reading] pairs: which images stay misread as labels are added, README "Where overlap6 fails")."""
     guesses = [reading.text for reading in read_images(model_dir, test_paths)]
-    return text_accuracies([label_from_name(p) for p in test_paths], guesses)
+    truths = [label_from_name(p) for p in test_paths]
+    misread = [[truth, guess] for truth, guess in zip(truths, guesses) if truth != guess]
+    return *text_accuracies(truths, guesses), misread
 
 
 def run_point(
@@ -123,7 +126,7 @@ def run_point(
         started = time.monotonic()
         subprocess.run(["dvc", "repro", "evaluate"], cwd=clone, env=env, check=True)
         minutes = (time.monotonic() - started) / 60
-        char_accuracy, image_accuracy = score(clone / "models", tests)
+        char_accuracy, image_accuracy, misread = score(clone / "models", tests)
         readings = read_images(clone / "models", read) if read else None
         trained = json.loads((clone / "reports" / "train_metrics.json").read_text())
         used = read_manifest(clone / "reports" / "readings_used.csv")
@@ -144,6 +147,7 @@ def run_point(
         "test_images": len(tests),
         "test_image_accuracy": round(image_accuracy, 4),
         "test_char_accuracy": round(char_accuracy, 4),
+        "misread": misread,
         "minutes": round(minutes, 1),
         "overrides": overrides,
         "train": trained,
