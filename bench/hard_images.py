@@ -1,0 +1,100 @@
+"""Which test images does every network misread? The ones left when labels and networks change.
+
+Collects the misreadings of a style's held-out test images (bench/learning_curve.py's 400, the same for every
+point) recorded by bench/learning_curve.py's points (from `--min-labels` labels on) and bench/paired_training.py's
+networks, counts for each image how many of those networks misread it, and draws the images that at least half of
+them misread, each with its label and the readings given. Whether a person reads them at a glance tells if more
+labels or a better network could still read them, or if the style itself is ambiguous there.
+
+    python -m bench.hard_images --style overlap6
+
+Writes bench/results/hard_images_<style>.json and .png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import tempfile
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+from PIL import Image
+
+from bench.draws import TEST_IMAGES
+from bench.learning_curve import RESULTS, TEST_SEED, series_name
+from bench.styles import STYLES
+from captcha_mlops.labels import label_from_name
+
+
+def networks(style: str, min_labels: int) -> list[tuple[str, list[list[str]]]]:
+    """(what a network was, its [truth, reading] misreadings) for every recorded network of `style`."""
+    found = []
+    for point in json.loads((RESULTS / "learning_curve.json").read_text())["points"]:
+        if point["style"] == style and point["labels"] >= min_labels and "misread" in point:
+            name = f"learning_curve {point['commit'][:7]} {series_name(point)}, {point['labels']} labels"
+            found.append((f"{name}, draw {point.get('draw', 0)}", point["misread"]))
+    for row in json.loads((RESULTS / "paired_training.json").read_text())["rows"]:
+        if row["style"] == style and row["labels"] >= min_labels:
+            for network in ("params.yaml", "overridden"):
+                what = "params.yaml" if network == "params.yaml" else json.dumps(row["overrides"])
+                name = f"paired_training {row['commit'][:7]} {what}, {row['labels']} labels, draw {row['draw']}"
+                found.append((name, row[network]["misread"]))
+    return found
+
+
+def draw_sheet(images: list[dict], tests: dict[str, Path], count: int, path: Path) -> None:
+    columns = 3
+    rows = -(-len(images) // columns)
+    figure, axes = plt.subplots(rows, columns, figsize=(3.2 * columns, 1.6 * rows), squeeze=False)
+    for axis in axes.flat:
+        axis.axis("off")
+    for axis, image in zip(axes.flat, images):
+        with Image.open(tests[image["truth"]]) as picture:
+            axis.imshow(picture.convert("RGB"))
+        readings = ", ".join(f"{text or '∅'} ({n})" for text, n in image["readings"].items())
+        axis.set_title(f"{image['truth']} — misread by {image['misread_by']}/{count}\n{readings}", fontsize=7)
+    figure.tight_layout()
+    figure.savefig(path, dpi=90)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--style", default="overlap6", choices=list(STYLES))
+    parser.add_argument("--min-labels", type=int, default=1000)
+    args = parser.parse_args()
+    found = networks(args.style, args.min_labels)
+    if not found:
+        raise SystemExit(f"no recorded misreadings of {args.style} from {args.min_labels} labels on")
+    readings: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
+    for _, misread in found:
+        for truth, reading in misread:
+            readings[truth][reading] += 1
+    ranked = sorted(readings.items(), key=lambda item: (-item[1].total(), item[0]))
+    images = [{"truth": t, "misread_by": c.total(), "readings": dict(c.most_common())} for t, c in ranked]
+    out = RESULTS / f"hard_images_{args.style}"
+    summary = {
+        "command": f"python -m bench.hard_images --style {args.style} --min-labels {args.min_labels}",
+        "networks": [name for name, _ in found],
+        "test_images": TEST_IMAGES,
+        "misread_by_at_least_half": sum(2 * image["misread_by"] >= len(found) for image in images),
+        "misread_by_all": sum(image["misread_by"] == len(found) for image in images),
+        "images": images,
+    }
+    with tempfile.TemporaryDirectory() as workdir:
+        written = STYLES[args.style].write(Path(workdir), TEST_IMAGES, TEST_SEED)
+        tests = {label_from_name(path): path for path in written}
+        if len(tests) < len(written):  # the misreadings name an image by its label
+            raise SystemExit(f"two of {args.style}'s test images share a label: they can't be told apart")
+        hard = [image for image in images if 2 * image["misread_by"] >= len(found)]
+        draw_sheet(hard, tests, len(found), out.with_suffix(".png"))
+    out.with_suffix(".json").write_text(json.dumps(summary, indent=2) + "\n")
+    print(json.dumps({k: v for k, v in summary.items() if k != "images"}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
