@@ -17,6 +17,7 @@ import argparse
 import collections
 import json
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
 
 import matplotlib
@@ -47,6 +48,16 @@ def networks(style: str, min_labels: int) -> list[tuple[str, list[list[str]]]]:
     return found
 
 
+def ranked(misreadings: Iterable[list[list[str]]]) -> list[dict]:
+    """Each misread image (by its label) with how many networks misread it and their readings, most misread first."""
+    readings: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
+    for misread in misreadings:
+        for truth, reading in misread:
+            readings[truth][reading] += 1
+    order = sorted(readings.items(), key=lambda item: (-item[1].total(), item[0]))
+    return [{"truth": t, "misread_by": c.total(), "readings": dict(c.most_common())} for t, c in order]
+
+
 def draw_sheet(images: list[dict], tests: dict[str, Path], count: int, path: Path) -> None:
     columns = 3
     rows = -(-len(images) // columns)
@@ -70,12 +81,7 @@ def main() -> None:
     found = networks(args.style, args.min_labels)
     if not found:
         raise SystemExit(f"no recorded misreadings of {args.style} from {args.min_labels} labels on")
-    readings: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
-    for _, misread in found:
-        for truth, reading in misread:
-            readings[truth][reading] += 1
-    ranked = sorted(readings.items(), key=lambda item: (-item[1].total(), item[0]))
-    images = [{"truth": t, "misread_by": c.total(), "readings": dict(c.most_common())} for t, c in ranked]
+    images = ranked(misread for _, misread in found)
     out = RESULTS / f"hard_images_{args.style}"
     summary = {
         "command": f"python -m bench.hard_images --style {args.style} --min-labels {args.min_labels}",

@@ -14,6 +14,7 @@ from PIL import Image
 
 from bench.accuracy import accuracy_ratio
 from bench.draws import record
+from bench.hard_images import ranked
 from bench.learning_curve import recipe, save, series_name
 from bench.serving import cpu_meter, with_cpu
 from bench.styles import STYLES, Style
@@ -92,6 +93,15 @@ def test_a_bench_row_replaces_only_the_one_with_the_same_keys(tmp_path: Path) ->
         for row in results["rows"]
     )
     assert results["note"] == "on earlier rows"
+
+
+def test_hard_images_rank_the_images_most_networks_misread_first() -> None:
+    first = [["mrxhep", "mxhep"], ["x7bc", "7bc"]]
+    second = [["mrxhep", "mjxhep"], ["hfdncm", "hfdhcm"]]
+    third = [["mrxhep", "mxhep"], ["x7bc", "7bc"]]
+    images = ranked([first, second, third])
+    assert [(image["truth"], image["misread_by"]) for image in images] == [("mrxhep", 3), ("x7bc", 2), ("hfdncm", 1)]
+    assert images[0]["readings"] == {"mxhep": 2, "mjxhep": 1}
 
 
 def test_accuracy_ratio_is_undefined_when_the_seed_reads_nothing() -> None:
