@@ -10,8 +10,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
-import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -22,14 +20,14 @@ import keras
 import mlflow
 import numpy as np
 
-from bench.learning_curve import LABELLED_SEED, TEST_SEED, UNLABELLED_SEED
+from bench.learning_curve import LABELLED_SEED, TEST_SEED, UNLABELLED_SEED, machine
 from bench.styles import Style
 from captcha_mlops.dataset import load_images
 from captcha_mlops.labels import Codec, collect_charset, label_from_name
 from captcha_mlops.metrics import text_accuracies
 from captcha_mlops.model import build_model
 from captcha_mlops.params import Params, load_params
-from captcha_mlops.training import fit, resolve_precision
+from captcha_mlops.training import fit
 from stages.verify_split import in_test_split
 
 TEST_IMAGES = 400
@@ -97,18 +95,6 @@ def record(out: Path, row: dict, keys: tuple[str, ...], bench: str) -> None:
     kept = [other for other in results["rows"] if [other.get(key) for key in keys] != [row[key] for key in keys]]
     measured = {**row, "command": " ".join(["python -m", bench, *sys.argv[1:]]), "machine": machine()}
     out.write_text(json.dumps({**results, "rows": [*kept, measured]}, indent=2) + "\n")
-
-
-def machine() -> str:
-    """The CPU and the precision `train.precision: auto` trains in on it: they set the minutes."""
-    cpu = platform.processor() or platform.machine()
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        names = [
-            line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines() if line.startswith("model name")
-        ]
-        cpu = names[0] if names else cpu
-    return f"{cpu}, {os.cpu_count()} CPU cores, training in {resolve_precision('auto')}"
 
 
 def commit() -> str:

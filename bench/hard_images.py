@@ -82,12 +82,13 @@ def main() -> None:
     if not found:
         raise SystemExit(f"no recorded misreadings of {args.style} from {args.min_labels} labels on")
     images = ranked(misread for _, misread in found)
+    hard = [image for image in images if 2 * image["misread_by"] >= len(found)]
     out = RESULTS / f"hard_images_{args.style}"
     summary = {
         "command": f"python -m bench.hard_images --style {args.style} --min-labels {args.min_labels}",
         "networks": [name for name, _ in found],
         "test_images": TEST_IMAGES,
-        "misread_by_at_least_half": sum(2 * image["misread_by"] >= len(found) for image in images),
+        "misread_by_at_least_half": len(hard),
         "misread_by_all": sum(image["misread_by"] == len(found) for image in images),
         "images": images,
     }
@@ -96,7 +97,6 @@ def main() -> None:
         tests = {label_from_name(path): path for path in written}
         if len(tests) < len(written):  # the misreadings name an image by its label
             raise SystemExit(f"two of {args.style}'s test images share a label: they can't be told apart")
-        hard = [image for image in images if 2 * image["misread_by"] >= len(found)]
         draw_sheet(hard, tests, len(found), out.with_suffix(".png"))
     out.with_suffix(".json").write_text(json.dumps(summary, indent=2) + "\n")
     print(json.dumps({k: v for k, v in summary.items() if k != "images"}, indent=2))

@@ -252,6 +252,7 @@ def main() -> None:
 
     previous = json.loads(args.out.read_text()) if args.out.exists() else {"points": []}
     command = "python -m bench.learning_curve " + " ".join(sys.argv[1:])
+    ran_on = machine()
     # Every point runs the same code, whatever is committed meanwhile (a code change re-runs pretraining).
     commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True)
     points = []
@@ -268,6 +269,7 @@ def main() -> None:
                 for labels in sorted(args.labels):
                     point = {
                         "command": command,
+                        "machine": ran_on,
                         **run_point(commit.stdout.strip(), style, pool[:labels], tests, cache, extra, unlabelled=plain),
                         "draw": draw,
                     }
@@ -290,6 +292,21 @@ def point_key(point: dict) -> tuple:
     )
 
 
+def machine() -> str:
+    """The CPU and the precision `train.precision: auto` trains in on it: they set a point's minutes, and the
+    points of one results file come from different machines."""
+    from captcha_mlops.training import resolve_precision  # TensorFlow only once a model is used
+
+    cpu = platform.processor() or platform.machine()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        names = [
+            line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines() if line.startswith("model name")
+        ]
+        cpu = names[0] if names else cpu
+    return f"{cpu}, {os.cpu_count()} CPU cores, training in {resolve_precision('auto')}"
+
+
 def save(out: Path, previous: dict, points: list[dict]) -> None:
     """Write the measured points into `out` beside the earlier ones (the README compares commits), replacing
     those of the same commit, style, labels and overrides; the file's other keys are kept."""
@@ -297,7 +314,6 @@ def save(out: Path, previous: dict, points: list[dict]) -> None:
     kept = [p for p in previous["points"] if point_key(p) not in measured]
     results = {
         **previous,
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores",
         "points": sorted(kept + points, key=lambda p: (p["style"], json.dumps(p["overrides"]), p["labels"])),
     }
     out.parent.mkdir(parents=True, exist_ok=True)
