@@ -43,6 +43,14 @@ def conv_blocks(inputs: keras.KerasTensor, params: ModelParams, width_halvings: 
     """
     filters = params.filters
     halvings = len(filters) if width_halvings is None else width_halvings
+    height, width = inputs.shape[1], inputs.shape[2]
+    if height < 2 ** len(filters) or width < 2**halvings:
+        raise ValueError(
+            f"{width}x{height} pixels: the {len(filters)} conv blocks of model.filters halve the height "
+            f"{len(filters)} times and the width {halvings} times, which needs at least "
+            f"{2**halvings}x{2 ** len(filters)}; set data.width and data.height to that or more "
+            "(every image is resized to them)"
+        )
 
     def pooling(block: int) -> layers.MaxPooling2D:
         return layers.MaxPooling2D((2, 2) if block <= halvings else (2, 1))
@@ -99,7 +107,7 @@ def seed_model(height: int, width: int, max_length: int, num_classes: int) -> ke
 def ctc_model(params: ModelParams, height: int, width: int, max_length: int, num_classes: int) -> keras.Model:
     """The compact conv blocks read as a sequence of columns by a bidirectional GRU, trained with CTC.
 
-    The blocks halve the width until a column is `params.column_pixels` wide, and the height only after
+    The blocks halve the width until a column is `column_pixels_for` wide, and the height only after
     that: with the default 8, a 100-wide image becomes 12 columns, about three per character. 4 gives twice
     as many, for glyphs squeezed under their neighbours and doubled letters, which need a blank column
     between them; on three draws of 1,000 overlap6 labels it read no better (`python -m bench.paired_training
@@ -110,12 +118,7 @@ def ctc_model(params: ModelParams, height: int, width: int, max_length: int, num
     `GreedyCtcDecode` turns the columns into the per-position output of the other networks, which is what
     is saved and served.
     """
-    width_halvings = params.column_pixels.bit_length() - 1
-    if width_halvings > len(params.filters):
-        raise ValueError(f"ctc: {len(params.filters)} conv blocks can't make {params.column_pixels}-pixel columns")
-    steps = width >> width_halvings
-    if steps < 2 * max_length - 1:  # CTC needs a blank column between two equal characters
-        raise ValueError(f"ctc: {width} pixels give {steps} columns, too few for {max_length} characters")
+    width_halvings = column_pixels_for(params, width, max_length).bit_length() - 1
     inputs = keras.Input(shape=(height, width, 1), name="image", dtype="uint8")
     x = conv_blocks(inputs, params, width_halvings)
     # (rows, columns, channels) -> one feature vector per column, left to right.
@@ -129,6 +132,24 @@ def ctc_model(params: ModelParams, height: int, width: int, max_length: int, num
     probabilities = layers.Softmax()(logits)
     outputs = GreedyCtcDecode(max_length, name="chars")(probabilities)
     return keras.Model(inputs, outputs, name="ctc")
+
+
+def column_pixels_for(params: ModelParams, width: int, max_length: int) -> int:
+    """The width of image each CTC column reads: `params.column_pixels`, halved while the image would give fewer
+    than the 2 * max_length - 1 columns CTC needs (a blank column between two equal characters), so that
+    narrow captchas of many characters (80 pixels, 6 characters: 10 columns of 8 pixels, 20 of 4) train as
+    they are rather than fail."""
+    if len(params.filters) < params.column_pixels.bit_length() - 1:
+        raise ValueError(f"ctc: {len(params.filters)} conv blocks can't make {params.column_pixels}-pixel columns")
+    pixels = params.column_pixels
+    while pixels > 1 and width // pixels < 2 * max_length - 1:
+        pixels //= 2
+    if width // pixels < 2 * max_length - 1:
+        raise ValueError(
+            f"ctc: {width} pixels are too narrow for {max_length} characters, even a column a pixel: CTC needs "
+            f"{2 * max_length - 1}; set data.width to that or more (every image is resized to it)"
+        )
+    return pixels
 
 
 def greedy_ctc_decode(step_scores, max_length: int):

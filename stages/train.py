@@ -30,7 +30,7 @@ from mlflow.types import Schema, TensorSpec
 
 from captcha_mlops.dataset import load_images, read_manifest, write_manifest
 from captcha_mlops.labels import Codec
-from captcha_mlops.model import build_model
+from captcha_mlops.model import build_model, column_pixels_for
 from captcha_mlops.params import Params, load_params
 from captcha_mlops.paths import MODELS, REPORTS, ROOT, SPLIT, UNLABELLED
 from captcha_mlops.recognizer import MODEL_FILE, ModelMeta
@@ -117,6 +117,8 @@ def main() -> None:
         device = "GPU" if tf.config.list_physical_devices("GPU") else "CPU"
         tags = {"device": device, "data_version": version, "arch": params.model.arch, "stage": "train"}
         mlflow.set_tags({**tags, "pretrained_run_id": pretrained_run or "none"})
+        if params.model.arch == "ctc":
+            log_columns(params)
         log_manifests({"training": SPLIT / "train.csv", "test": SPLIT / "test.csv"})
         summary = fit(model, images, targets, codec.num_classes, params.model.arch, train, TRAIN_LOG, CHECKPOINTS)
         unlabelled = [path for path, _ in read_manifest(UNLABELLED)] if UNLABELLED.exists() else []
@@ -134,6 +136,18 @@ def main() -> None:
     print(f"train: {summary}")
     if hint:
         print(f"\nWARNING train: {hint}\n")
+
+
+def log_columns(params: Params) -> None:
+    """The CTC column width the network was built with, said aloud where it is not model.column_pixels."""
+    data, model = params.data, params.model
+    pixels = column_pixels_for(model, data.width, data.max_length)
+    mlflow.log_param("column_pixels_used", pixels)
+    if pixels != model.column_pixels:
+        print(
+            f"train: {data.width} pixels give too few {model.column_pixels}-pixel columns for {data.max_length} "
+            f"characters: the network reads columns of {pixels} pixels ({data.width // pixels} columns)"
+        )
 
 
 def self_train(

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from captcha_mlops.labels import Codec
-from captcha_mlops.model import build_model, ctc_loss, greedy_ctc_decode, training_model
+from captcha_mlops.model import build_model, column_pixels_for, ctc_loss, greedy_ctc_decode, training_model
 from captcha_mlops.params import ModelParams, TrainParams
 from captcha_mlops.recognizer import ModelMeta, Recognizer
 from captcha_mlops.synth import CaptchaFactory
@@ -51,9 +51,20 @@ def test_ctc_loss_is_low_for_the_right_reading_and_high_for_a_wrong_one() -> Non
     assert loss([0, BLANK, 1, BLANK, BLANK]) < 0.5 < 5 < loss([1, BLANK, 0, BLANK, BLANK])
 
 
-def test_ctc_needs_a_column_per_character_and_blank() -> None:
-    with pytest.raises(ValueError, match="too few for 6 characters"):
-        build_model(ModelParams(arch="ctc"), height=60, width=80, max_length=6, num_classes=37)
+def test_narrow_captchas_get_narrower_columns_to_have_one_per_character_and_blank() -> None:
+    # 80 pixels give 10 columns of 8 for 6 characters, CTC needs 11: columns of 4, 20 of them.
+    assert column_pixels_for(ModelParams(), width=80, max_length=6) == 4
+    model = build_model(ModelParams(), height=30, width=80, max_length=6, num_classes=37)
+    assert model.get_layer("step_logits").output.shape == (None, 20, 37)
+    assert column_pixels_for(ModelParams(), width=100, max_length=4) == 8  # enough: as model.column_pixels says
+    with pytest.raises(ValueError, match=r"10 pixels are too narrow for 6 characters.*set data\.width"):
+        build_model(ModelParams(), height=30, width=10, max_length=6, num_classes=37)
+
+
+@pytest.mark.parametrize("arch", ["compact", "ctc"])
+def test_an_image_too_small_to_halve_says_which_size_it_needs(arch: str) -> None:
+    with pytest.raises(ValueError, match=r"64x15 pixels.*needs at least \d+x16; set data\.width and data\.height"):
+        build_model(ModelParams(arch=arch), height=15, width=64, max_length=4, num_classes=37)
 
 
 @pytest.mark.parametrize(("column_pixels", "columns"), [(16, 10), (8, 20), (4, 40)])

@@ -24,6 +24,7 @@ def test_repro_writes_data_models_metrics_and_an_mlflow_run(pipeline_project: Pa
     mlflow.set_tracking_uri(project_env(root)["MLFLOW_TRACKING_URI"])
     run_data = mlflow.get_run(meta["run_id"]).data
     assert run_data.params["train.steps"] == "20"
+    assert run_data.params["column_pixels_used"] == "8"  # 100 pixels, 4 characters: model.column_pixels as set
     assert "test_image_accuracy" in run_data.metrics and "val_image_accuracy" in run_data.metrics
     history = mlflow.MlflowClient().get_metric_history(meta["run_id"], "step_loss")
     assert history, "per-step training loss is logged"

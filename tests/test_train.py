@@ -9,8 +9,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 import mlflow
+import pytest
 import yaml
 
+from captcha_mlops.params import Params
+from stages.train import log_columns
 from tests.conftest import project_env, run
 
 RESUMABLE = {"train": {"steps": 30, "validate_every": 10, "batch_size": 32, "patience_steps": 100, "acc_stop": 1.1}}
@@ -74,3 +77,17 @@ def test_a_bad_param_stops_the_stage_naming_the_key(tmp_path: Path) -> None:
     assert result.returncode != 0
     assert "train.steps: Input should be a valid integer (got 'many')" in result.stderr
     assert not (tmp_path / "data").exists()
+
+
+def test_a_narrow_captcha_is_trained_with_narrower_columns_and_says_so(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    params = Params.model_validate({"data": {"width": 80, "height": 30, "min_length": 6, "max_length": 6}})
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    with mlflow.start_run() as active:
+        log_columns(params)
+    assert mlflow.get_run(active.info.run_id).data.params["column_pixels_used"] == "4"
+    assert (
+        "80 pixels give too few 8-pixel columns for 6 characters: the network reads columns of 4 pixels (20 columns)"
+        in (capsys.readouterr().out)
+    )
