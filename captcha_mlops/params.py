@@ -69,6 +69,7 @@ class ModelParams(Section):
     arch: Literal["ctc", "compact", "seed"] = "ctc"
     filters: list[int] = [32, 64, 128, 192]
     convs_per_block: int = Field(2, ge=1)
+    first_block_convs: int = Field(1, ge=1)
     dropout: float = Field(0.3, ge=0, lt=1)
     rnn_units: int = Field(128, ge=1)
     column_pixels: Literal[2, 4, 8, 16, 32] = 8

@@ -90,6 +90,13 @@ def test_convs_per_block_deepens_the_middle_blocks_only(arch: str) -> None:
     assert conv_channels(2) == [8, 16, 16, 24, 24, 32]
 
 
+@pytest.mark.parametrize("arch", ["compact", "ctc"])
+def test_first_block_convs_deepens_the_first_block_only(arch: str) -> None:
+    params = ModelParams(arch=arch, filters=[8, 16, 24, 32], convs_per_block=1, first_block_convs=2)
+    model = build_model(params, 40, 100, 5, 11)
+    assert [layer.filters for layer in model.layers if isinstance(layer, keras.layers.Conv2D)] == [8, 8, 16, 24, 32]
+
+
 @pytest.mark.parametrize("arch", ["compact", "ctc", "seed"])
 def test_every_arch_trains_saves_and_reads_in_the_same_form(arch: str, tmp_path: Path) -> None:
     codec = Codec("0123456789", max_length=5)
