@@ -39,11 +39,11 @@ def conv_blocks(inputs: keras.KerasTensor, params: ModelParams, width_halvings: 
     `params.first_block_convs` convs, one by default: a second, at full resolution, costs the most (1.4x the
     time of an overlap6 step). On three draws of 1,000 overlap6 labels it misread 9 of 400 test images against
     13 (one-off runs of session 15, to be re-measured with `python -m bench.paired_training --set
-    model.first_block_convs=2 --draws 0 1 2`); at 1.4x the main job's 7.7 minutes of training would pass its
-    10 (an estimate), so it is not the default. Batch norm follows every conv but the very first, for the same
-    reason (half of the CPU training time for little gain). Its momentum is 0.9, not Keras' 0.99: with 0.99 the
-    moving statistics lag the weights so far in a short run that validation accuracy stays at chance while
-    training accuracy climbs.
+    model.first_block_convs=2 --draws 0 1 2`); the main job read 0.981 against 0.971, but trained 9.8 minutes
+    against 7.0, at the edge of its 10 (README), so it is not the default yet. Batch norm follows every conv
+    but the very first, for the same reason (half of the CPU training time for little gain). Its momentum is
+    0.9, not Keras' 0.99: with 0.99 the moving statistics lag the weights so far in a short run that validation
+    accuracy stays at chance while training accuracy climbs.
     """
     filters = params.filters
     halvings = len(filters) if width_halvings is None else width_halvings
