@@ -84,6 +84,7 @@ def test_a_narrow_captcha_is_trained_with_narrower_columns_and_says_so(
 ) -> None:
     params = Params.model_validate({"data": {"width": 80, "height": 30, "min_length": 6, "max_length": 6}})
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    mlflow.set_experiment("narrow")  # not the experiment an earlier test left active in another store
     with mlflow.start_run() as active:
         log_columns(params)
     assert mlflow.get_run(active.info.run_id).data.params["column_pixels_used"] == "4"
