@@ -59,19 +59,20 @@ def conv_blocks(inputs: keras.KerasTensor, params: ModelParams, width_halvings: 
     def pooling(block: int) -> layers.MaxPooling2D:
         return layers.MaxPooling2D((2, 2) if block <= halvings else (2, 1))
 
-    x = layers.Rescaling(1.0 / 255)(inputs)
-    x = layers.Conv2D(filters[0], 3, padding="same", activation="relu")(x)
-    for _ in range(params.first_block_convs - 1):
-        x = layers.Conv2D(filters[0], 3, padding="same", use_bias=False)(x)
-        x = layers.BatchNormalization(momentum=0.9)(x)
-        x = layers.ReLU()(x)
-    x = pooling(1)(x)
-    for block, channels in enumerate(filters[1:], start=2):
-        is_last = block == len(filters)
-        for _ in range(1 if is_last else params.convs_per_block):
+    def normalized_convs(x: keras.KerasTensor, channels: int, count: int) -> keras.KerasTensor:
+        for _ in range(count):
             x = layers.Conv2D(channels, 3, padding="same", use_bias=False)(x)
             x = layers.BatchNormalization(momentum=0.9)(x)
             x = layers.ReLU()(x)
+        return x
+
+    x = layers.Rescaling(1.0 / 255)(inputs)
+    x = layers.Conv2D(filters[0], 3, padding="same", activation="relu")(x)
+    x = normalized_convs(x, filters[0], params.first_block_convs - 1)
+    x = pooling(1)(x)
+    for block, channels in enumerate(filters[1:], start=2):
+        is_last = block == len(filters)
+        x = normalized_convs(x, channels, 1 if is_last else params.convs_per_block)
         x = pooling(block)(x)
     return x
 
