@@ -36,14 +36,11 @@ def conv_blocks(inputs: keras.KerasTensor, params: ModelParams, width_halvings: 
     glyph's strokes at twice the reach before the image is halved again, which tells overlapping look-alikes
     apart (overlap6, pretrained, mean of three draws of 200 labels: 0.869 -> 0.894 test image accuracy;
     README "How many images do I need?") for 1.6x the time of a step. The first block has
-    `params.first_block_convs` convs, one by default: a second, at full resolution, costs the most (1.4x the
-    time of an overlap6 step). On three draws of 1,000 overlap6 labels it misread 9 of 400 test images against
-    13 (one-off runs of session 15, to be re-measured with `python -m bench.paired_training --set
-    model.first_block_convs=2 --draws 0 1 2`); the main job read 0.981 against 0.971, but trained 9.8 minutes
-    against 7.0, at the edge of its 10 (README), so it is not the default yet. Batch norm follows every conv
-    but the very first, for the same reason (half of the CPU training time for little gain). Its momentum is
-    0.9, not Keras' 0.99: with 0.99 the moving statistics lag the weights so far in a short run that validation
-    accuracy stays at chance while training accuracy climbs.
+    `params.first_block_convs` convs at full resolution, without batch norm: there it costs the most (half of
+    the CPU training time for little gain with one conv; with a second conv, a step of the main job took 1.42x
+    the time of one conv with it, 1.07x without, in a one-off timing of session 16). Everywhere else batch
+    norm follows every conv, with momentum 0.9, not Keras' 0.99: with 0.99 the moving statistics lag the
+    weights so far in a short run that validation accuracy stays at chance while training accuracy climbs.
     """
     filters = params.filters
     halvings = len(filters) if width_halvings is None else width_halvings
@@ -67,8 +64,8 @@ def conv_blocks(inputs: keras.KerasTensor, params: ModelParams, width_halvings: 
         return x
 
     x = layers.Rescaling(1.0 / 255)(inputs)
-    x = layers.Conv2D(filters[0], 3, padding="same", activation="relu")(x)
-    x = normalized_convs(x, filters[0], params.first_block_convs - 1)
+    for _ in range(params.first_block_convs):
+        x = layers.Conv2D(filters[0], 3, padding="same", activation="relu")(x)
     x = pooling(1)(x)
     for block, channels in enumerate(filters[1:], start=2):
         is_last = block == len(filters)

@@ -95,6 +95,9 @@ def test_first_block_convs_deepens_the_first_block_only(arch: str) -> None:
     params = ModelParams(arch=arch, filters=[8, 16, 24, 32], convs_per_block=1, first_block_convs=2)
     model = build_model(params, 40, 100, 5, 11)
     assert [layer.filters for layer in model.layers if isinstance(layer, keras.layers.Conv2D)] == [8, 8, 16, 24, 32]
+    # No batch norm at full resolution, where it costs the most: the first comes after the first pooling.
+    kinds = [type(layer) for layer in model.layers]
+    assert kinds.index(keras.layers.BatchNormalization) > kinds.index(keras.layers.MaxPooling2D)
 
 
 @pytest.mark.parametrize("arch", ["compact", "ctc", "seed"])
