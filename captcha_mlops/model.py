@@ -37,10 +37,12 @@ def conv_blocks(inputs: keras.KerasTensor, params: ModelParams, width_halvings: 
     apart (overlap6, pretrained, mean of three draws of 200 labels: 0.869 -> 0.894 test image accuracy;
     README "How many images do I need?") for 1.6x the time of a step. The first block has
     `params.first_block_convs` convs at full resolution, without batch norm: there it costs the most (half of
-    the CPU training time for little gain with one conv; with a second conv, a step of the main job took 1.42x
-    the time of one conv with it, 1.07x without, in a one-off timing of session 16). Everywhere else batch
-    norm follows every conv, with momentum 0.9, not Keras' 0.99: with 0.99 the moving statistics lag the
-    weights so far in a short run that validation accuracy stays at chance while training accuracy climbs.
+    the CPU training time for little gain with one conv; with a second conv, a main-job step took 1.42x the time
+    of one conv with batch norm, 1.07x without, timed one-off). A second conv read overlap6 no better than the
+    spread between trainings (`python -m bench.paired_training --set model.first_block_convs=2 --draws 0 1 2`:
+    mean 0.9675 -> 0.971), so the default is one. Everywhere else batch norm follows every conv, with momentum
+    0.9, not Keras' 0.99: with 0.99 the moving statistics lag the weights so far in a short run that validation
+    accuracy stays at chance while training accuracy climbs.
     """
     filters = params.filters
     halvings = len(filters) if width_halvings is None else width_halvings
