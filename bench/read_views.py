@@ -17,18 +17,16 @@ from __future__ import annotations
 
 import argparse
 import collections
-import functools
 import time
 from collections.abc import Sequence
 
 import mlflow
-import tensorflow as tf
 
 from bench.draws import commit, load_draw, record, scratch, style_params
 from bench.learning_curve import RESULTS
 from bench.styles import STYLES
 from captcha_mlops.metrics import text_accuracies
-from captcha_mlops.training import augmentation, jittered
+from captcha_mlops.training import augmentation, readings_of_copies
 
 
 def majority(plain: Sequence[str], *copies: Sequence[str]) -> list[str]:
@@ -58,11 +56,7 @@ def main() -> None:
             started = time.monotonic()
             plain = sample.readings(model)
             jitter = augmentation(params.train.seed)
-            copies = []
-            for _ in range(args.views):
-                batches = tf.data.Dataset.from_tensor_slices(sample.test_images).batch(256)
-                scores = model.predict(batches.map(functools.partial(jittered, jitter)), verbose=0)
-                copies.append([sample.codec.decode(s)[0] for s in scores])
+            copies = [readings_of_copies(model, sample.test_images, sample.codec, jitter) for _ in range(args.views)]
             seconds_per_view = (time.monotonic() - started) / (args.views + 1)
             row = {"commit": commit(), "style": style.name, "labels": args.labels, "draw": draw}
             row["seconds_per_view_of_400"] = round(seconds_per_view, 2)

@@ -13,6 +13,7 @@ images, the last 0.9625; README, "Which weights are kept").
 from __future__ import annotations
 
 import csv
+import functools
 import math
 import time
 from collections.abc import Sequence
@@ -369,12 +370,18 @@ def readings_to_train_on(
     for _ in range(views):
         if not len(kept):
             break
-        copies = tf.data.Dataset.from_tensor_slices(images[kept]).batch(batch_size)
-        copies = copies.map(lambda batch: jittered(jitter, batch))
-        again = [codec.decode(scores)[0] for scores in model.predict(copies, verbose=0)]
+        again = readings_of_copies(model, images[kept], codec, jitter, batch_size)
         same = [index for index, (text, other) in enumerate(zip(texts, again)) if text == other]
         kept, texts = kept[same], [texts[index] for index in same]
     return kept, texts
+
+
+def readings_of_copies(
+    model: keras.Model, images: np.ndarray, codec: Codec, jitter: keras.Sequential, batch_size: int = VALIDATION_BATCH
+) -> list[str]:
+    """`model`'s reading of each of `images` through a new draw of `jitter` (an `augmentation`)."""
+    copies = tf.data.Dataset.from_tensor_slices(images).batch(batch_size).map(functools.partial(jittered, jitter))
+    return [codec.decode(scores)[0] for scores in model.predict(copies, verbose=0)]
 
 
 def fit(
