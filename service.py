@@ -184,6 +184,7 @@ class Captcha:
             "text": reading.text,
             "confidences": [round(c, 4) for c in reading.confidences],
             "valid": reading.valid,
+            "agreement": round(reading.agreement, 4),
             "captcha_type": name,
             "version": self.versions[name],
             "seconds": round(seconds, 4),

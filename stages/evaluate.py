@@ -93,7 +93,7 @@ def draw_failures(path: Path, failures: list[tuple[Path, str, str]]) -> None:
 
 def main() -> None:
     params = load_params()
-    recognizer = Recognizer.load(MODELS)
+    recognizer = Recognizer.load(MODELS, views=params.evaluate.views)
     meta = recognizer.meta
     rows = read_manifest(SPLIT / "test.csv")
     paths, truths = [p for p, _ in rows], [label for _, label in rows]
@@ -110,6 +110,7 @@ def main() -> None:
         "latency_p50_ms": round(latency["p50_ms"], 3),
         "latency_p99_ms": round(latency["p99_ms"], 3),
         "batch_throughput_per_s": round(throughput, 1),
+        "views": params.evaluate.views,  # package serves the model with as many as its accuracy was measured with
     }
 
     REPORTS.mkdir(parents=True, exist_ok=True)

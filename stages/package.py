@@ -2,8 +2,9 @@
 
 Picks the run of experiment `captcha-<captcha_type>` with the highest `test_image_accuracy` among runs that logged a
 model, registers that model as `captcha-<captcha_type>` (alias `champion`), downloads it FROM MLflow and imports it
-into the BentoML model store as `captcha-<captcha_type>`. So the champion is served, not necessarily the model that
-the workspace just trained. Writes models/bento_model.json, the record of what was packaged.
+into the BentoML model store as `captcha-<captcha_type>`, reading as many views of each image as its accuracy was
+measured with (`evaluate.views`). So the champion is served, not necessarily the model that the workspace just
+trained. Writes models/bento_model.json, the record of what was packaged.
 
     python -m stages.package                 # data.captcha_type from params.yaml
     python -m stages.package --captcha-type digits5  # any other captcha type tracked in the same MLflow store
@@ -31,6 +32,7 @@ from captcha_mlops.tracking import registered_name
 
 ALIAS = "champion"
 METRIC = "test_image_accuracy"
+VIEWS_METRIC = "test_views"  # evaluate's `evaluate.views`: how many views of each image METRIC was read with
 RECORD = MODELS / "bento_model.json"
 
 
@@ -103,11 +105,13 @@ def package(captcha_type: str, min_accuracy: float) -> dict[str, Any]:
     run, model_uri = champion_run(client, name)
     check_floor(run, min_accuracy)
     version = register_champion(client, name, run, model_uri)
+    views = int(run.data.metrics.get(VIEWS_METRIC, 0))  # read as its accuracy was measured
     labels = {
         "captcha_type": captcha_type,
         "mlflow_run_id": run.info.run_id,
         "mlflow_registered_model": name,
         "mlflow_version": str(version.version),
+        "views": str(views),
     }
     record: dict[str, Any] = {
         **labels,
@@ -125,6 +129,7 @@ def package(captcha_type: str, min_accuracy: float) -> dict[str, Any]:
 
     with tempfile.TemporaryDirectory() as workdir:
         keras_file, meta = download(client, name, run, Path(workdir))
+        meta = dataclasses.replace(meta, views=views)
         metadata = {**dataclasses.asdict(meta), **record}
         with bentoml.models.create(name, labels=labels, metadata=metadata) as bento_model:
             shutil.copyfile(keras_file, bento_model.path_of(MODEL_FILE))
