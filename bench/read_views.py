@@ -1,75 +1,88 @@
-"""Does a network read better when it reads each image several times, jittered, and takes the majority?
+"""Does a network read better when it reads each image in several views and takes the majority?
 
 For each draw, trains one network on the style's labelled images as the `train` stage trains it from scratch
-(bench/draws.py: the images of bench/learning_curve.py's point of that draw), reads the style's 400 held-out
-test images once as they are and `--views` times more through training's own jitter (a new draw each time,
-as self-training's agreement check reads unlabelled images), and scores the majority reading of the plain
-image and its first 0, 2, 4, ... jittered copies. A tie keeps the plain reading. One network for every
-count: the comparison is free of the spread between trainings.
+(bench/draws.py: the images of bench/learning_curve.py's point of that draw) and reads the style's 400
+held-out test images with `Recognizer`, as `evaluate` and the service read them, with `evaluate.views` set
+to each of `--views` (0: the image alone; n: the image and the first n of the fixed shifted and turned
+copies of `recognizer.VIEWS`, the majority reading wins). One network for every count: the comparison is
+free of the spread between trainings. With `--unlabelled N`, the network then self-trains on N unlabelled
+images as `train` does (params.yaml's rule) and is read again with each count: both remedies together.
 
-    python -m bench.read_views --draws 0 1 2
+    python -m bench.read_views --draws 0 1 2 --unlabelled 4000
 
-Writes bench/results/read_views.json (the draws of this run replace those of the same commit, style and
-labels): per draw and number of copies the test image and char accuracy and the misreadings.
+Writes bench/results/read_views.json (the draws of this run replace those of the same commit, style, labels and
+unlabelled images): per draw, network and count of views the test image and char accuracy, the misreadings
+and the seconds one reading of the 400 images took.
 """
 
 from __future__ import annotations
 
 import argparse
-import collections
 import time
-from collections.abc import Sequence
 
+import keras
 import mlflow
 
-from bench.draws import commit, load_draw, record, scratch, style_params
+from bench.draws import Draw, commit, load_draw, record, scratch, style_params
 from bench.learning_curve import RESULTS
 from bench.styles import STYLES
 from captcha_mlops.metrics import text_accuracies
-from captcha_mlops.training import augmentation, readings_of_copies
+from captcha_mlops.params import Params
+from captcha_mlops.recognizer import ModelMeta, Recognizer
+from stages.train import self_train
 
 
-def majority(plain: Sequence[str], *copies: Sequence[str]) -> list[str]:
-    """Per image, the reading most views agree on; the plain reading where it ties for the most."""
-    voted = []
-    for index, reading in enumerate(plain):
-        counts = collections.Counter([reading, *(copy[index] for copy in copies)])
-        best, votes = counts.most_common(1)[0]
-        voted.append(best if votes > counts[reading] else reading)
-    return voted
+def scores(model: keras.Model, sample: Draw, params: Params, counts: list[int]) -> dict[str, dict]:
+    """Per count of views, how `Recognizer` reads the test images with `model`."""
+    data = params.data
+    shape = {"min_length": data.min_length, "max_length": data.max_length, "width": data.width, "height": data.height}
+    result = {}
+    for views in counts:
+        meta = ModelMeta("bench", sample.codec.charset, **shape, arch=params.model.arch, views=views)
+        recognizer = Recognizer(model, meta)
+        recognizer.read_arrays(sample.test_images)  # trace, and let oneDNN set up for this batch size
+        started = time.monotonic()
+        readings = [reading.text for reading in recognizer.read_arrays(sample.test_images)]
+        seconds = time.monotonic() - started
+        char_accuracy, image_accuracy = text_accuracies(sample.test_truth, readings)
+        result[f"views_{views}"] = {
+            "test_image_accuracy": round(image_accuracy, 4),
+            "test_char_accuracy": round(char_accuracy, 4),
+            "seconds": round(seconds, 2),
+            "misread": [[t, r] for t, r in zip(sample.test_truth, readings) if t != r],
+        }
+        print(f"bench: {views} views: {image_accuracy:.4f} ({seconds:.1f} s)", flush=True)
+    return result
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--style", default="overlap6", choices=list(STYLES))
     parser.add_argument("--labels", type=int, default=1000)
-    parser.add_argument("--views", type=int, default=8, help="jittered copies read besides the plain image")
+    parser.add_argument("--unlabelled", type=int, default=0, help="then self-train on this many and read again")
+    parser.add_argument("--views", nargs="+", type=int, default=[0, 2, 4, 8], help="counts of views to score")
     parser.add_argument("--draws", nargs="+", type=int, default=[0])
     args = parser.parse_args()
     style = STYLES[args.style]
     params = style_params(style)
     with scratch("read_views") as workdir:
         for draw in args.draws:
-            sample = load_draw(style, params, args.labels, 0, draw, workdir)
-            with mlflow.start_run(run_name=f"draw-{draw}"):
-                model, _ = sample.trained(params, workdir / f"log-{draw}.csv")
-            started = time.monotonic()
-            plain = sample.readings(model)
-            jitter = augmentation(params.train.seed)
-            copies = [readings_of_copies(model, sample.test_images, sample.codec, jitter) for _ in range(args.views)]
-            seconds_per_view = (time.monotonic() - started) / (args.views + 1)
+            sample = load_draw(style, params, args.labels, args.unlabelled, draw, workdir)
             row = {"commit": commit(), "style": style.name, "labels": args.labels, "draw": draw}
-            row["seconds_per_view_of_400"] = round(seconds_per_view, 2)
-            for count in range(0, args.views + 1, 2):
-                readings = majority(plain, *copies[:count])
-                char_accuracy, image_accuracy = text_accuracies(sample.test_truth, readings)
-                row[f"copies_{count}"] = {
-                    "test_image_accuracy": round(image_accuracy, 4),
-                    "test_char_accuracy": round(char_accuracy, 4),
-                    "misread": [[t, r] for t, r in zip(sample.test_truth, readings) if t != r],
-                }
-                print(f"bench: draw {draw}, {count} copies: {image_accuracy:.4f}", flush=True)
-            record(RESULTS / "read_views.json", row, ("commit", "style", "labels", "draw"), "bench.read_views")
+            row["unlabelled"] = args.unlabelled
+            with mlflow.start_run(run_name=f"draw-{draw}"):
+                model, first = sample.trained(params, workdir / f"log-{draw}.csv")
+            row["labels_only"] = scores(model, sample, params, args.views)
+            if args.unlabelled:
+                with mlflow.start_run(run_name=f"self-trained-{draw}"):
+                    log = workdir / f"log-{draw}-self.csv"
+                    _, readings = self_train(
+                        model, sample.images, sample.targets, sample.codec, params, sample.unlabelled, first, log
+                    )
+                row["readings_used"] = len(readings)
+                row["self_trained"] = scores(model, sample, params, args.views)
+            keys = ("commit", "style", "labels", "unlabelled", "draw")
+            record(RESULTS / "read_views.json", row, keys, "bench.read_views")
 
 
 if __name__ == "__main__":

@@ -16,7 +16,6 @@ from bench.accuracy import accuracy_ratio
 from bench.draws import record
 from bench.hard_images import ranked
 from bench.learning_curve import recipe, save, series_name
-from bench.read_views import majority
 from bench.serving import cpu_meter, with_cpu
 from bench.styles import STYLES, Style
 from captcha_mlops.labels import label_from_name
@@ -103,13 +102,6 @@ def test_hard_images_rank_the_images_most_networks_misread_first() -> None:
     images = ranked([first, second, third])
     assert [(image["truth"], image["misread_by"]) for image in images] == [("mrxhep", 3), ("x7bc", 2), ("hfdncm", 1)]
     assert images[0]["readings"] == {"mxhep": 2, "mjxhep": 1}
-
-
-def test_reading_views_keeps_the_majority_and_the_plain_reading_on_a_tie() -> None:
-    plain = ["ab", "cd", "ef"]
-    copies = (["ab", "cx", "ey"], ["ax", "cx", "ez"])
-    assert majority(plain) == plain
-    assert majority(plain, *copies) == ["ab", "cx", "ef"]  # ef, ey, ez: a three-way tie keeps ef
 
 
 def test_accuracy_ratio_is_undefined_when_the_seed_reads_nothing() -> None:
