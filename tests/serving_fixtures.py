@@ -12,7 +12,7 @@ import psutil
 import pytest
 
 from bench.serving import serving
-from tests.conftest import BIN, project_env, run
+from tests.conftest import BIN, TINY_PARAMS, project_env, run
 
 API_KEY = "test-key-123"
 CAPTCHA_TYPES = ["alnum4", "digits5"]
@@ -24,6 +24,7 @@ DIGITS5 = {
     "width": 120,
     "height": 50,
 }
+DIGITS5_VIEWS = 2  # digits5 is read in views (evaluate.views), alnum4 as is: the service serves each as measured
 MAX_BYTES = 200_000
 
 
@@ -53,7 +54,9 @@ def packaged(
     pipeline_project: Path, project_factory: Callable[..., Path], tmp_path_factory: pytest.TempPathFactory
 ) -> Packaged:
     """alnum4 (the pipeline project) and a tiny digits5 project, both packaged into one shared store."""
-    result = Packaged(pipeline_project, project_factory("digits5", {"data": DIGITS5}), tmp_path_factory.mktemp("bento"))
+    evaluate = TINY_PARAMS["evaluate"] | {"views": DIGITS5_VIEWS}
+    digits5 = project_factory("digits5", {"data": DIGITS5, "evaluate": evaluate})
+    result = Packaged(pipeline_project, digits5, tmp_path_factory.mktemp("bento"))
     # --record elsewhere: the pipeline project's own models/bento_model.json stays what `dvc repro` wrote.
     record = tmp_path_factory.mktemp("record") / "bento_model.json"
     package = [str(BIN / "python"), "-m", "stages.package", "--record", str(record)]

@@ -19,6 +19,18 @@ def bento_models(env: dict[str, str], root: Path) -> list[dict]:
     return json.loads(run([str(BIN / "bentoml"), "models", "list", "-o", "json"], root, env=env))
 
 
+def coin(captcha_type: str) -> dict:
+    """`data` of captchas of one of two letters: 60 steps learn them, 1 step reads at chance."""
+    return {"captcha_type": captcha_type, "charset": "ab", "min_length": 1, "max_length": 1, "width": 48, "height": 32}
+
+
+def change_params(root: Path, section: str, **values: object) -> None:
+    params_file = root / "params.yaml"
+    params = yaml.safe_load(params_file.read_text())
+    params[section].update(values)
+    params_file.write_text(yaml.safe_dump(params, sort_keys=False))
+
+
 def test_package_registers_champion_and_imports_it_into_bentoml(pipeline_project: Path) -> None:
     root = pipeline_project
     env = project_env(root)
@@ -103,18 +115,13 @@ def test_package_refuses_a_champion_below_the_accuracy_floor(pipeline_project: P
 def test_package_serves_the_better_of_two_real_runs_not_the_newer(project_factory: Callable[..., Path]) -> None:
     """Two full `dvc repro` runs of one captcha type: a trained one, then a barely trained one. The champion, the
     registry alias and the BentoML model stay the first run's, and the second `package` says so."""
-    # One of two letters per image: 60 steps learn it, 1 step reads at chance.
-    data = {"captcha_type": "coin", "charset": "ab", "min_length": 1, "max_length": 1, "width": 48, "height": 32}
     train = TINY_PARAMS["train"] | {"steps": 60}
-    root = project_factory("two_runs", {"data": data, "generate": {"count": 200}, "train": train})
+    root = project_factory("two_runs", {"data": coin("coin"), "generate": {"count": 200}, "train": train})
     env = project_env(root)
     run(["dvc", "repro"], root, env=env)
     trained = json.loads((root / "models/bento_model.json").read_text())
 
-    params_file = root / "params.yaml"
-    params = yaml.safe_load(params_file.read_text())
-    params["train"].update(steps=1, seed=1)
-    params_file.write_text(yaml.safe_dump(params, sort_keys=False))
+    change_params(root, "train", steps=1, seed=1)
     output = run(["dvc", "repro"], root, env=env)
     newer = json.loads((root / "models/meta.json").read_text())["run_id"]
 
@@ -125,3 +132,27 @@ def test_package_serves_the_better_of_two_real_runs_not_the_newer(project_factor
     assert json.loads((root / "models/bento_model.json").read_text()) == trained
     assert client.get_model_version_by_alias("captcha-coin", "champion").run_id == trained["mlflow_run_id"]
     assert f"already holds run {trained['mlflow_run_id']}" in output
+
+
+def test_package_serves_the_champion_with_the_views_it_was_measured_with(project_factory: Callable[..., Path]) -> None:
+    """`evaluate.views` reaches the BentoML model's meta.json through the champion's MLflow run; measuring it again
+    with another count packages it again."""
+    evaluate = TINY_PARAMS["evaluate"] | {"views": 2}
+    root = project_factory("views", {"data": coin("views"), "generate": {"count": 200}, "evaluate": evaluate})
+    env = project_env(root)
+    run(["dvc", "repro"], root, env=env)
+    first = json.loads((root / "models/bento_model.json").read_text())
+    assert json.loads((root / "reports/metrics.json").read_text())["views"] == 2
+    mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
+    assert mlflow.MlflowClient().get_run(first["mlflow_run_id"]).data.metrics["test_views"] == 2
+
+    change_params(root, "evaluate", views=0)
+    output = run(["dvc", "repro"], root, env=env)
+    second = json.loads((root / "models/bento_model.json").read_text())
+
+    assert "Running stage 'train'" not in output  # a reading setting: nothing is trained again
+    assert second["mlflow_run_id"] == first["mlflow_run_id"] and second["bento_tag"] != first["bento_tag"]
+    for record, views in ((first, 2), (second, 0)):
+        model_dir = Path(env["BENTOML_HOME"], "models", *record["bento_tag"].split(":"))
+        assert json.loads((model_dir / "meta.json").read_text())["views"] == views
+        assert record["views"] == str(views)

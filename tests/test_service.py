@@ -18,7 +18,7 @@ import pytest
 from PIL import Image
 
 from captcha_mlops.recognizer import Recognizer
-from tests.serving_fixtures import API_KEY, CAPTCHA_TYPES, MAX_BYTES, Server
+from tests.serving_fixtures import API_KEY, CAPTCHA_TYPES, DIGITS5_VIEWS, MAX_BYTES, Server
 
 SIZES = {"alnum4": (100, 60), "digits5": (120, 50)}
 CHARSETS = {"alnum4": "0123456789abcdefghijklmnopqrstuvwxyz", "digits5": "0123456789"}
@@ -253,7 +253,10 @@ def test_the_served_answer_is_the_offline_recognizer_reading(server: Server, cap
             for u in uploads
         ]
     model_dir = server.packaged.bento_home / "models" / f"captcha-{captcha_type}" / bodies[0]["version"]
-    readings = Recognizer.load(model_dir).read_images([Image.open(io.BytesIO(upload)) for upload in uploads])
+    recognizer = Recognizer.load(model_dir)
+    assert recognizer.meta.views == (DIGITS5_VIEWS if captcha_type == "digits5" else 0)
+    readings = recognizer.read_images([Image.open(io.BytesIO(upload)) for upload in uploads])
     for body, reading in zip(bodies, readings):
         assert body["text"] == reading.text and body["valid"] == reading.valid
         assert body["confidences"] == pytest.approx(reading.confidences, abs=1e-4)
+        assert body["agreement"] == pytest.approx(reading.agreement, abs=1e-4)
