@@ -163,9 +163,9 @@ def plot_series(axis: plt.Axes, name: str, rows: list[dict]) -> None:
         by_labels.setdefault(row["labels"], []).append(row["test_image_accuracy"])
     counts = sorted(by_labels)
     means = [sum(by_labels[n]) / len(by_labels[n]) for n in counts]
-    spread = [
-        [m - min(by_labels[n]) for n, m in zip(counts, means)],
-        [max(by_labels[n]) - m for n, m in zip(counts, means)],
+    spread = [  # at least 0: the mean of equal draws can come out a rounding error above them
+        [max(0.0, m - min(by_labels[n])) for n, m in zip(counts, means)],
+        [max(0.0, max(by_labels[n]) - m) for n, m in zip(counts, means)],
     ]
     axis.errorbar(counts, means, yerr=spread, fmt="o-", capsize=3, label=name)
 

@@ -15,7 +15,7 @@ from PIL import Image
 from bench.accuracy import accuracy_ratio
 from bench.draws import record
 from bench.hard_images import ranked
-from bench.learning_curve import recipe, save, series_name
+from bench.learning_curve import plot, recipe, save, series_name
 from bench.serving import cpu_meter, with_cpu
 from bench.styles import STYLES, Style
 from captcha_mlops.labels import label_from_name
@@ -131,3 +131,13 @@ def test_cpu_meter_counts_this_process_and_the_server_tree_apart() -> None:
     finally:
         server.wait()
     assert measured["load_generator"] > 0.2 and measured["server"] > 0.2, measured
+
+
+def test_the_curve_draws_draws_that_read_the_same(tmp_path: Path) -> None:
+    """Three draws of 0.99 each: their mean is a rounding error above 0.99, and the bar must not go negative."""
+    overrides = recipe(STYLES["overlap6"])
+    points = [
+        {"style": "overlap6", "labels": 1000, "test_images": 400, "test_image_accuracy": 0.99, "overrides": overrides}
+    ] * 3
+    plot(points, tmp_path / "curve.png")
+    assert Image.open(tmp_path / "curve.png").size[0] > 0
