@@ -27,7 +27,7 @@ from captcha_mlops.labels import Codec, collect_charset, label_from_name
 from captcha_mlops.metrics import text_accuracies
 from captcha_mlops.model import build_model
 from captcha_mlops.params import Params, load_params
-from captcha_mlops.training import fit
+from captcha_mlops.training import fit, seed_everything
 from stages.verify_split import in_test_split
 
 TEST_IMAGES = 400
@@ -47,7 +47,7 @@ class Draw:
         """A network trained on the labels as the `train` stage trains it from scratch (before any
         self-training), and `fit`'s summary."""
         data, train = params.data, params.train
-        keras.utils.set_random_seed(train.seed)
+        seed_everything(train)
         model = build_model(params.model, data.height, data.width, data.max_length, self.codec.num_classes)
         summary = fit(model, self.images, self.targets, self.codec.num_classes, params.model.arch, train, log_csv)
         return model, summary

@@ -27,7 +27,6 @@ import json
 import time
 from pathlib import Path
 
-import keras
 import mlflow
 
 from bench.draws import commit, load_draw, record, scratch, style_params
@@ -35,6 +34,7 @@ from bench.learning_curve import RESULTS
 from bench.styles import STYLES, Style
 from captcha_mlops.labels import label_from_name
 from captcha_mlops.params import Params
+from captcha_mlops.training import seed_everything
 from stages.train import self_train
 
 RULES = {"confidence": {"self_training_confidence": 0.9, "self_training_views": 0}, "agreement": {}}
@@ -53,7 +53,7 @@ def run_draw(style: Style, params: Params, labels: int, unlabelled: int, draw: i
     taught = model.get_weights()
     for name, changes in RULES.items():
         rule = params.model_copy(update={"train": train.model_copy(update=changes)})
-        keras.utils.set_random_seed(train.seed)
+        seed_everything(train)
         model.set_weights(taught)
         log = workdir / f"log-{draw}-{name}.csv"
         with mlflow.start_run(run_name=f"{name}-{draw}"):

@@ -100,6 +100,7 @@ class TrainParams(Section):
     log_every_n_steps: int = Field(20, ge=1)
     precision: Literal["auto", "float32", "mixed_bfloat16"] = "auto"
     seed: int = 0
+    deterministic: bool = True
 
 
 class EvaluateParams(Section):

@@ -33,7 +33,7 @@ from captcha_mlops.paths import PRETRAINED, PRETRAINING, SPLIT
 from captcha_mlops.preprocess import to_array
 from captcha_mlops.synth import PRETRAIN_FONTS, factory_for
 from captcha_mlops.tracking import use_experiment
-from captcha_mlops.training import fit
+from captcha_mlops.training import fit, seed_everything
 
 RECORD = PRETRAINED / "pretrained.json"
 WEIGHTS = PRETRAINED / "model.weights.h5"
@@ -77,11 +77,12 @@ def pretrain(params: Params, charset: str) -> dict:
     codec = Codec(charset, data.max_length)
     targets = codec.encode_many(label for label, _ in samples)
 
-    model = build_model(params.model, data.height, data.width, data.max_length, codec.num_classes)
     pretraining = params.pretrain
     train = params.train.model_copy(
         update={"steps": pretraining.steps, "batch_size": pretraining.batch_size, "max_minutes": 0.0}
     )
+    seed_everything(train)
+    model = build_model(params.model, data.height, data.width, data.max_length, codec.num_classes)
     use_experiment(data.captcha_type)
     with mlflow.start_run(run_name=f"pretrain-{time.strftime('%Y%m%d-%H%M%S')}") as run:
         mlflow.set_tags({"stage": "pretrain", "arch": params.model.arch})

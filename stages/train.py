@@ -35,7 +35,7 @@ from captcha_mlops.params import Params, load_params
 from captcha_mlops.paths import MODELS, REPORTS, ROOT, SPLIT, UNLABELLED
 from captcha_mlops.recognizer import MODEL_FILE, ModelMeta
 from captcha_mlops.tracking import log_manifests, use_experiment
-from captcha_mlops.training import fit, not_learning_hint, readings_to_train_on
+from captcha_mlops.training import fit, not_learning_hint, readings_to_train_on, seed_everything
 from stages import pretrain
 
 CHECKPOINTS = ROOT / "checkpoints" / "train"
@@ -102,7 +102,7 @@ def pretrained_start(model: keras.Model) -> str:
 def main() -> None:
     params = load_params()
     data, train = params.data, params.train
-    keras.utils.set_random_seed(train.seed)
+    seed_everything(train)
     charset = (SPLIT / "charset.txt").read_text(encoding="utf-8")
     codec = Codec(charset, data.max_length)
     rows = read_manifest(SPLIT / "train.csv")

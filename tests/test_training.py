@@ -3,6 +3,8 @@ never end a run which has not started learning, and a clear word when a run lear
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import keras
@@ -269,3 +271,38 @@ def test_train_only_images_are_trained_on_never_validated_on_and_logged_apart(tm
     assert logged["self_training.validation_images"] == logged["validation_images"]  # the labelled ones only
     steps = np.genfromtxt(tmp_path / "log.csv", delimiter=",", names=True, ndmin=1)["step"]
     assert [int(step) for step in steps] == [4, 8]  # one log, the second fit after the first
+
+
+# One tiny training of seed 0 in a process of its own (the determinism switch is for the whole process): the
+# augmentation runs over batches of 16 in parallel, where thread order used to decide its random numbers.
+TRAIN_AND_HASH = """
+import hashlib, sys
+from pathlib import Path
+import mlflow, numpy as np
+from captcha_mlops.labels import Codec
+from captcha_mlops.model import build_model
+from captcha_mlops.params import ModelParams, TrainParams
+from captcha_mlops.training import fit, seed_everything
+codec = Codec("0123456789", max_length=4)
+rng = np.random.default_rng(0)
+images = rng.integers(0, 256, (200, 32, 64, 1), dtype=np.uint8)
+targets = codec.encode_many("".join(rng.choice(list(codec.charset), 4)) for _ in range(200))
+train = TrainParams(steps=12, validate_every=6, batch_size=16, acc_stop=1.1)
+seed_everything(train)
+model = build_model(ModelParams(filters=[8, 8, 8]), 32, 64, codec.max_length, codec.num_classes)
+mlflow.set_tracking_uri(f"sqlite:///{sys.argv[1]}/mlflow.db")
+with mlflow.start_run():
+    fit(model, images, targets, codec.num_classes, "ctc", train, Path(sys.argv[1]) / "log.csv")
+print(hashlib.sha256(b"".join(weights.tobytes() for weights in model.get_weights())).hexdigest())
+"""
+
+
+def test_two_trainings_of_the_same_seed_train_the_same_weights(tmp_path: Path) -> None:
+    hashes = []
+    for run in ("first", "second"):
+        (tmp_path / run).mkdir()
+        done = subprocess.run(
+            [sys.executable, "-c", TRAIN_AND_HASH, str(tmp_path / run)], capture_output=True, text=True, check=True
+        )
+        hashes.append(done.stdout.split()[-1])
+    assert hashes[0] == hashes[1]
