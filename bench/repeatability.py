@@ -7,9 +7,9 @@ falls on both), each in a process of its own (the switch is for the whole proces
 scores each network on the style's 400 held-out test images. Repeatable means the same weights (a hash of
 them) every time; the cost is the ratio of the training seconds of each on-run to the off-run before it.
 
-    python -m bench.repeatability --runs 2
+    python -m bench.repeatability --runs 2 --steps 300
 
-Writes bench/results/repeatability.json (a run replaces the row of the same commit, style, labels and draw).
+Writes bench/results/repeatability.json (a run replaces the row of the same commit, style, labels, draw and steps).
 """
 
 from __future__ import annotations
@@ -28,10 +28,11 @@ from bench.learning_curve import RESULTS
 from bench.styles import STYLES
 
 
-def one_run(style: str, labels: int, draw: int, deterministic: bool) -> dict:
+def one_run(style: str, labels: int, draw: int, steps: int, deterministic: bool) -> dict:
     """Train and score one network in this process; what `main` compares."""
     params = style_params(STYLES[style])
-    params = params.model_copy(update={"train": params.train.model_copy(update={"deterministic": deterministic})})
+    changes = {"deterministic": deterministic} | ({"steps": steps} if steps else {})
+    params = params.model_copy(update={"train": params.train.model_copy(update=changes)})
     with scratch("repeatability") as workdir:
         sample = load_draw(STYLES[style], params, labels, 0, draw, workdir)
         with mlflow.start_run():
@@ -54,17 +55,18 @@ def main() -> None:
     parser.add_argument("--labels", type=int, default=1000)
     parser.add_argument("--draw", type=int, default=0)
     parser.add_argument("--runs", type=int, default=2, help="trainings with the switch off, and as many with it on")
+    parser.add_argument("--steps", type=int, default=0, help="a shorter budget than train.steps (0: train.steps)")
     parser.add_argument("--one", choices=["off", "on"], help=argparse.SUPPRESS)  # a child process: one training
     args = parser.parse_args()
     if args.one:
-        print(json.dumps(one_run(args.style, args.labels, args.draw, args.one == "on")))
+        print(json.dumps(one_run(args.style, args.labels, args.draw, args.steps, args.one == "on")))
         return
 
     runs = []
     for _ in range(args.runs):
         for switch in ("off", "on"):
             child = [sys.executable, "-m", "bench.repeatability", "--style", args.style, "--labels", str(args.labels)]
-            child += ["--draw", str(args.draw), "--one", switch]
+            child += ["--draw", str(args.draw), "--steps", str(args.steps), "--one", switch]
             done = subprocess.run(child, capture_output=True, text=True)
             if done.returncode:
                 sys.exit(f"bench: the training with the switch {switch} failed:\n{done.stderr[-3000:]}")
@@ -78,6 +80,7 @@ def main() -> None:
         "style": args.style,
         "labels": args.labels,
         "draw": args.draw,
+        "steps": runs[0]["steps"],
         "runs": runs,
         "distinct_weights_off": len({run["weights_sha256"] for run in off}),
         "distinct_weights_on": len({run["weights_sha256"] for run in on}),
@@ -87,7 +90,7 @@ def main() -> None:
             "max": round(max(ratios), 3),
         },
     }
-    record(RESULTS / "repeatability.json", row, ("commit", "style", "labels", "draw"), "bench.repeatability")
+    record(RESULTS / "repeatability.json", row, ("commit", "style", "labels", "draw", "steps"), "bench.repeatability")
     print(f"bench: {json.dumps({k: v for k, v in row.items() if k != 'runs'})}")
 
 
