@@ -51,8 +51,8 @@ def seed_everything(train: TrainParams) -> None:
     Without it the augmentation, mapped over batches in parallel, draws its random numbers in whichever order
     its threads happen to run: two trainings of one seed read overlap6's 400 test images up to 0.015 apart
     (README, "Repeatable training"). TensorFlow then runs that map one batch at a time and picks deterministic
-    kernels: 1.26x the training seconds on 2 cores (bench/repeatability.py). The switch is for the whole process
-    and cannot be turned off again.
+    kernels: 1.0x to 1.26x the training seconds in two runs on 2 cores (bench/repeatability.py). The switch is
+    for the whole process and cannot be turned off again.
     """
     keras.utils.set_random_seed(train.seed)
     if train.deterministic:
