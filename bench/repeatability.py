@@ -15,7 +15,6 @@ Writes bench/results/repeatability.json (a run replaces the row of the same comm
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import statistics
 import subprocess
@@ -26,6 +25,7 @@ import mlflow
 from bench.draws import commit, load_draw, record, scratch, style_params
 from bench.learning_curve import RESULTS
 from bench.styles import STYLES
+from captcha_mlops.training import weights_sha256
 
 
 def one_run(style: str, labels: int, draw: int, steps: int, deterministic: bool) -> dict:
@@ -38,10 +38,9 @@ def one_run(style: str, labels: int, draw: int, steps: int, deterministic: bool)
         with mlflow.start_run():
             model, summary = sample.trained(params, workdir / "log.csv")
     char_accuracy, image_accuracy = sample.score(model)
-    weights = hashlib.sha256(b"".join(array.tobytes() for array in model.get_weights())).hexdigest()
     return {
         "deterministic": deterministic,
-        "weights_sha256": weights[:16],
+        "weights_sha256": weights_sha256(model)[:16],
         "test_image_accuracy": round(image_accuracy, 4),
         "test_char_accuracy": round(char_accuracy, 4),
         "steps": summary["steps"],

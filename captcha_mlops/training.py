@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import csv
 import functools
+import hashlib
 import math
 import time
 from collections.abc import Sequence
@@ -57,6 +58,12 @@ def seed_everything(train: TrainParams) -> None:
     keras.utils.set_random_seed(train.seed)
     if train.deterministic:
         tf.config.experimental.enable_op_determinism()
+
+
+def weights_sha256(model: keras.Model) -> str:
+    """A fingerprint of `model`'s weights: two trainings trained the same network when theirs are equal (the
+    `train` stage tags its MLflow run with it)."""
+    return hashlib.sha256(b"".join(weights.tobytes() for weights in model.get_weights())).hexdigest()
 
 
 def resolve_precision(precision: str) -> str:

@@ -35,7 +35,7 @@ from captcha_mlops.params import Params, load_params
 from captcha_mlops.paths import MODELS, REPORTS, ROOT, SPLIT, UNLABELLED
 from captcha_mlops.recognizer import MODEL_FILE, ModelMeta
 from captcha_mlops.tracking import log_manifests, use_experiment
-from captcha_mlops.training import fit, not_learning_hint, readings_to_train_on, seed_everything
+from captcha_mlops.training import fit, not_learning_hint, readings_to_train_on, seed_everything, weights_sha256
 from stages import pretrain
 
 CHECKPOINTS = ROOT / "checkpoints" / "train"
@@ -131,7 +131,7 @@ def main() -> None:
         (REPORTS / "train_metrics.json").write_text(json.dumps(summary, indent=2) + "\n")
         mlflow.log_artifact(str(TRAIN_LOG))
         hint = not_learning_hint(summary["val_image_accuracy"], summary["train_images"], charset)
-        mlflow.set_tag("learned", "no" if hint else "yes")
+        mlflow.set_tags({"learned": "no" if hint else "yes", "weights_sha256": weights_sha256(model)})
     shutil.rmtree(CHECKPOINTS, ignore_errors=True)
     print(f"train: {summary}")
     if hint:

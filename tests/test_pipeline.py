@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import keras
 import mlflow
 
+from captcha_mlops.training import weights_sha256
 from tests.conftest import project_env, run
 
 
@@ -26,6 +28,7 @@ def test_repro_writes_data_models_metrics_and_an_mlflow_run(pipeline_project: Pa
     assert run_data.params["train.steps"] == "20"
     assert run_data.params["column_pixels_used"] == "8"  # 100 pixels, 4 characters: model.column_pixels as set
     assert "test_image_accuracy" in run_data.metrics and "val_image_accuracy" in run_data.metrics
+    assert run_data.tags["weights_sha256"] == weights_sha256(keras.models.load_model(root / "models/model.keras"))
     history = mlflow.MlflowClient().get_metric_history(meta["run_id"], "step_loss")
     assert history, "per-step training loss is logged"
     # The UI opens on the runs (not the GenAI overview) and lists which images trained and tested the run.

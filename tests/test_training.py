@@ -277,25 +277,22 @@ def test_train_only_images_are_trained_on_never_validated_on_and_logged_apart(tm
 # One tiny training of seed 0 in a process of its own (the determinism switch is for the whole process): the
 # augmentation runs over batches of 16 in parallel, where thread order used to decide its random numbers.
 TRAIN_AND_HASH = """
-import hashlib, sys
+import sys
 from pathlib import Path
-import mlflow, numpy as np
-from captcha_mlops.labels import Codec
+import mlflow
 from captcha_mlops.model import build_model
 from captcha_mlops.params import ModelParams, TrainParams
-from captcha_mlops.training import fit, seed_everything
-codec = Codec("0123456789", max_length=4)
-rng = np.random.default_rng(0)
-images = rng.integers(0, 256, (200, 32, 64, 1), dtype=np.uint8)
-targets = codec.encode_many("".join(rng.choice(list(codec.charset), 4)) for _ in range(200))
+from captcha_mlops.training import fit, seed_everything, weights_sha256
+from tests.test_training import CODEC, random_set
+images, targets = random_set(200)
 train = TrainParams(steps=12, validate_every=6, batch_size=16, acc_stop=1.1)
 seed_everything(train)
-model = build_model(ModelParams(filters=[8, 8, 8]), 32, 64, codec.max_length, codec.num_classes)
+model = build_model(ModelParams(filters=[8, 8, 8]), 32, 64, CODEC.max_length, CODEC.num_classes)
 mlflow.set_tracking_uri(f"sqlite:///{sys.argv[1]}/mlflow.db")
 mlflow.set_experiment("repeatable")
 with mlflow.start_run():
-    fit(model, images, targets, codec.num_classes, "ctc", train, Path(sys.argv[1]) / "log.csv")
-print(hashlib.sha256(b"".join(weights.tobytes() for weights in model.get_weights())).hexdigest())
+    fit(model, images, targets, CODEC.num_classes, "ctc", train, Path(sys.argv[1]) / "log.csv")
+print(weights_sha256(model))
 """
 
 
