@@ -121,7 +121,8 @@ def ctc_model(params: ModelParams, height: int, width: int, max_length: int, num
     between them; on three draws of 1,000 overlap6 labels it read no better (`python -m bench.paired_training
     --set model.column_pixels=4 --draws 0 1 2`: 0.9675 -> 0.975, 0.9675, 0.9575), so it is not the default.
     The same GRU and classifier read every column, so a glyph learned at one place is known everywhere: that
-    sharing is what makes CTC models learn captchas from less data than per-position heads. Each column
+    sharing is what makes CTC models learn captchas from less data than per-position heads. `rnn_layers` stacks
+    more GRUs, each reading the one below it: context across neighbours for glyphs hidden under them. Each column
     scores the characters plus "blank" (the codec's PAD class, so the output keeps `num_classes`);
     `GreedyCtcDecode` turns the columns into the per-position output of the other networks, which is what
     is saved and served.
@@ -134,7 +135,8 @@ def ctc_model(params: ModelParams, height: int, width: int, max_length: int, num
     x = layers.Reshape((x.shape[1], x.shape[2] * x.shape[3]))(x)
     x = layers.Dropout(params.dropout)(x)
     x = layers.Dense(params.rnn_units, activation="relu")(x)
-    x = layers.Bidirectional(layers.GRU(params.rnn_units, return_sequences=True))(x)
+    for _ in range(params.rnn_layers):
+        x = layers.Bidirectional(layers.GRU(params.rnn_units, return_sequences=True))(x)
     x = layers.Dropout(params.dropout)(x)
     logits = layers.Dense(num_classes, name=STEP_LOGITS)(x)
     probabilities = layers.Softmax()(logits)

@@ -72,6 +72,7 @@ class ModelParams(Section):
     first_block_convs: int = Field(1, ge=1)
     dropout: float = Field(0.3, ge=0, lt=1)
     rnn_units: int = Field(128, ge=1)
+    rnn_layers: int = Field(1, ge=1)
     column_pixels: Literal[2, 4, 8, 16, 32] = 8
 
 

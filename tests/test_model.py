@@ -100,6 +100,14 @@ def test_first_block_convs_deepens_the_first_block_only(arch: str) -> None:
     assert kinds.index(keras.layers.BatchNormalization) > kinds.index(keras.layers.MaxPooling2D)
 
 
+@pytest.mark.parametrize("rnn_layers", [1, 2])
+def test_ctc_stacks_rnn_layers_bidirectional_grus_each_reading_the_one_below(rnn_layers: int) -> None:
+    model = build_model(ModelParams(filters=[8, 16, 24], rnn_units=12, rnn_layers=rnn_layers), 32, 64, 4, 11)
+    grus = [layer for layer in model.layers if isinstance(layer, keras.layers.Bidirectional)]
+    assert len(grus) == rnn_layers
+    assert all(gru.output.shape == (None, 8, 24) for gru in grus)  # 8 columns, 12 units each way
+
+
 @pytest.mark.parametrize("arch", ["compact", "ctc", "seed"])
 def test_every_arch_trains_saves_and_reads_in_the_same_form(arch: str, tmp_path: Path) -> None:
     codec = Codec("0123456789", max_length=5)
