@@ -179,7 +179,9 @@ class Captcha:
             raise ApiError(503, f"overloaded: {error}, retry later") from None
         seconds = time.perf_counter() - started
         if self.kept is not None:  # for review: python -m captcha_mlops.review
-            self.kept.keep(image, name, self.versions[name], reading.text, reading.confidences, reading.valid)
+            self.kept.keep(
+                image, name, self.versions[name], reading.text, reading.confidences, reading.valid, reading.agreement
+            )
         return {
             "text": reading.text,
             "confidences": [round(c, 4) for c in reading.confidences],

@@ -6,7 +6,7 @@ never anything a client sent:
 
     <type>/type.json                 the type's charset and lengths: what a label must fit
     <type>/pending/<id>.png, .json   waiting for review; the sidecar is the reading (text, per-character
-                                     confidences, their product, model version, when)
+                                     confidences, their product, the views' agreement, model version, when)
     <type>/claimed/<id>.json         a review in progress (a rename: only one reviewer can win it)
     <type>/labelled/<id>.json        the reading, the label given and the file it became
     <type>/unreadable/<id>.png, .json  set aside by a reviewer: never trained on
@@ -79,11 +79,14 @@ class Kept:
     confidence: float  # the product of the per-character confidences: how sure the model was of the whole text
     valid: bool  # the text has as many characters as the type's captchas
     received: float  # unix time
+    agreement: float = 1.0  # the share of the model's views that read `text` (1 without views, as before it)
 
     @property
-    def priority(self) -> tuple[bool, float]:
-        """Least sure first: a reading of the wrong length before any valid one, then by confidence."""
-        return (self.valid, self.confidence)
+    def priority(self) -> tuple[bool, float, float]:
+        """Least sure first: a reading of the wrong length before any valid one, then the readings its views
+        disagree on, least agreement first (a misreading rarely survives the views, a sure one often does:
+        README, "Which readings to train on"), then by confidence."""
+        return (self.valid, self.agreement, self.confidence)
 
 
 def write_atomically(path: Path, data: bytes) -> None:
@@ -131,7 +134,14 @@ class KeptImages:
         write_atomically(folder / TYPE_FILE, to_json(dataclasses.asdict(captcha_type)))
 
     def keep(
-        self, image: Image.Image, type_name: str, version: str, text: str, confidences: Sequence[float], valid: bool
+        self,
+        image: Image.Image,
+        type_name: str,
+        version: str,
+        text: str,
+        confidences: Sequence[float],
+        valid: bool,
+        agreement: float = 1.0,
     ) -> Kept:
         """Save an image read and its reading; pending review. The image first: a sidecar always has one."""
         record = Kept(
@@ -143,6 +153,7 @@ class KeptImages:
             confidence=round(math.prod(confidences), 4) if text else 0.0,
             valid=valid,
             received=round(time.time(), 3),
+            agreement=round(agreement, 4),
         )
         pending = self.folder(type_name, "pending")
         png = io.BytesIO()

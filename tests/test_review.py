@@ -20,9 +20,11 @@ ALNUM4 = CaptchaType("alnum4", "0123456789abcdefghijklmnopqrstuvwxyz", 4, 4)
 DIGITS5 = CaptchaType("digits5", "0123456789", 5, 5)
 
 
-def keep(kept: KeptImages, text: str, confidences: list[float], type_name: str = "alnum4") -> str:
+def keep(
+    kept: KeptImages, text: str, confidences: list[float], type_name: str = "alnum4", agreement: float = 1.0
+) -> str:
     image = Image.new("RGB", (100, 60), (255, 255, 255))
-    return kept.keep(image, type_name, "v1", text, confidences, len(text) == 4).id
+    return kept.keep(image, type_name, "v1", text, confidences, len(text) == 4, agreement).id
 
 
 @pytest.fixture
@@ -59,11 +61,12 @@ def test_sidecars_kept_before_the_captcha_type_rename_are_still_listed(kept: Kep
     sidecar = kept.root / "alnum4/pending" / f"{image_id}.json"
     record = json.loads(sidecar.read_text())
     record["type"] = record.pop("captcha_type")  # as the service wrote it until the rename
+    del record["agreement"]  # ... and before it kept the views' agreement
     sidecar.write_text(json.dumps(record))
 
     [listed] = kept.pending("alnum4", limit=10)
 
-    assert listed.id == image_id and listed.captcha_type == "alnum4"
+    assert listed.id == image_id and listed.captcha_type == "alnum4" and listed.agreement == 1.0
 
 
 def test_pending_lists_the_least_sure_first_wrong_lengths_before_all(client: TestClient, kept: KeptImages) -> None:
@@ -78,6 +81,18 @@ def test_pending_lists_the_least_sure_first_wrong_lengths_before_all(client: Tes
     assert [item["id"] for item in response.json()["items"]] == [blank, short, unsure, sure]
     assert response.json()["counts"] == {"pending": 4, "labelled": 0, "unreadable": 0}
     assert [item["id"] for item in client.get("/api/pending/alnum4?limit=1").json()["items"]] == [blank]
+
+
+def test_readings_the_views_disagree_on_come_before_sure_ones(client: TestClient, kept: KeptImages) -> None:
+    agreed = keep(kept, "aaaa", [0.6] * 4)  # unsure, but every view read the same
+    disputed = keep(kept, "bbbb", [0.99] * 4, agreement=2 / 3)  # sure, and one view of three read otherwise
+    split = keep(kept, "cccc", [0.99] * 4, agreement=1 / 3)
+    short = keep(kept, "dd", [0.99] * 2)
+
+    items = client.get("/api/pending/alnum4").json()["items"]
+
+    assert [item["id"] for item in items] == [short, split, disputed, agreed]
+    assert [item["agreement"] for item in items] == [1.0, 0.3333, 0.6667, 1.0]
 
 
 def test_pending_reads_each_sidecar_once_and_follows_the_queue(

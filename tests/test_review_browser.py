@@ -37,11 +37,13 @@ class Kept:
     truth: str
     read: str
     confidence: float
+    agreement: float = 1.0
 
 
-# In the order the page must show them: a reading of the wrong length first, then the least sure.
-KEPT = [Kept("k7m2", "k7m", 0.9), Kept("ab12", "ab12", 0.2), Kept("zz99", "zz98", 0.3), Kept("q1w2", "q1w2", 0.5)]
-KEPT += [Kept("x3y4", "x3y5", 0.6)]
+# In the order the page must show them: a reading of the wrong length first, then one the views disagree on,
+# then the least sure.
+KEPT = [Kept("k7m2", "k7m", 0.9), Kept("ab12", "ab12", 0.95, 0.5), Kept("zz99", "zz98", 0.3)]
+KEPT += [Kept("q1w2", "q1w2", 0.5), Kept("x3y4", "x3y5", 0.6)]
 
 
 @pytest.fixture
@@ -49,8 +51,8 @@ def review_page(tmp_path: Path) -> Iterator[tuple[str, KeptImages, Path, list[st
     kept, new = KeptImages(tmp_path / "kept"), tmp_path / "project/data/new"
     kept.declare(ALNUM4)
     factory = CaptchaFactory(ALNUM4.charset, 4, 4, 100, 60)
-    ids = [kept.keep(factory.render(k.truth), "alnum4", "v1", k.read, [k.confidence] * len(k.read), len(k.read) == 4).id
-           for k in KEPT]  # fmt: skip
+    ids = [kept.keep(factory.render(k.truth), "alnum4", "v1", k.read, [k.confidence] * len(k.read), len(k.read) == 4,
+                     k.agreement).id for k in KEPT]  # fmt: skip
     port = free_port()
     command = [sys.executable, "-m", "captcha_mlops.review", "--kept", str(kept.root), "--to", f"alnum4={new}"]
     env = {**os.environ, "CAPTCHA_API_KEY": KEY}
@@ -100,6 +102,7 @@ def test_three_images_labelled_by_keyboard_become_three_own_images(
     shown(0)
     browser.switch_to.active_element.send_keys("k7m2", Keys.ENTER)  # the reading is selected: typing replaces it
     shown(1)
+    assert "50% of the views agree" in browser.find_element(By.ID, "confidence").text
     browser.switch_to.active_element.send_keys(Keys.ENTER)  # right: accepted as read
     shown(2)
     browser.switch_to.active_element.send_keys(Keys.ESCAPE)  # skipped: stays pending

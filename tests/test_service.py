@@ -172,8 +172,8 @@ def test_received_images_are_kept_for_review_with_their_reading(server: Server) 
     for record in records:
         assert re.fullmatch(r"[0-9a-f]{32}", record["id"]) and record["captcha_type"] == "digits5"
         Image.open(pending / f"{record['id']}.png").verify()
-    kept = {(r["text"], tuple(r["confidences"]), r["version"]) for r in records}
-    assert all((a["text"], tuple(a["confidences"]), a["version"]) in kept for a in answers)
+    kept = {(r["text"], tuple(r["confidences"]), r["agreement"], r["version"]) for r in records}
+    assert all((a["text"], tuple(a["confidences"]), a["agreement"], a["version"]) in kept for a in answers)
     declared = json.loads((server.save_dir / "digits5/type.json").read_text())
     assert declared == {"name": "digits5", "charset": "0123456789", "min_length": 5, "max_length": 5}
     assert not any(server.save_dir.parent.rglob("escape*")), "no name a client sent"
