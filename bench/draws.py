@@ -27,6 +27,7 @@ from captcha_mlops.labels import Codec, collect_charset, label_from_name
 from captcha_mlops.metrics import text_accuracies
 from captcha_mlops.model import build_model
 from captcha_mlops.params import Params, load_params
+from captcha_mlops.preprocess import CHANNELS
 from captcha_mlops.training import fit, seed_everything
 from stages.verify_split import in_test_split
 
@@ -48,7 +49,8 @@ class Draw:
         self-training), and `fit`'s summary."""
         data, train = params.data, params.train
         seed_everything(train)
-        model = build_model(params.model, data.height, data.width, data.max_length, self.codec.num_classes)
+        channels = CHANNELS[data.color_mode]
+        model = build_model(params.model, data.height, data.width, data.max_length, self.codec.num_classes, channels)
         summary = fit(model, self.images, self.targets, self.codec.num_classes, params.model.arch, train, log_csv)
         return model, summary
 
@@ -79,10 +81,10 @@ def load_draw(style: Style, params: Params, labels: int, unlabelled: int, draw: 
     return Draw(
         codec=codec,
         labelled=labelled,
-        images=load_images(labelled, data.width, data.height),
+        images=load_images(labelled, data.width, data.height, data.color_mode),
         targets=codec.encode_many(label_from_name(path) for path in labelled),
         unlabelled=style.write(workdir / f"unlabelled-{draw}", unlabelled, UNLABELLED_SEED + draw),
-        test_images=load_images(tests, data.width, data.height),
+        test_images=load_images(tests, data.width, data.height, data.color_mode),
         test_truth=[label_from_name(path) for path in tests],
     )
 

@@ -66,6 +66,8 @@ def main() -> None:
             row = {"commit": commit(), "style": style.name, "labels": args.labels, "overrides": overrides, "draw": draw}
             row["labelled_train_images"] = len(sample.labelled)
             for name, params in (("params.yaml", shipped), ("overridden", changed)):
+                if params.data != shipped.data:  # the same images, loaded as these params have the network read them
+                    sample = load_draw(style, params, args.labels, 0, draw, workdir)
                 with mlflow.start_run(run_name=f"{name}-{draw}"):
                     row[name] = measure(sample, params, workdir / f"log-{draw}-{name}.csv")
                 print(f"bench: draw {draw} {name}: {json.dumps(row[name])}", flush=True)

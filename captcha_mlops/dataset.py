@@ -11,7 +11,7 @@ from PIL import Image
 
 from captcha_mlops.parallel import parallel_map
 from captcha_mlops.paths import ROOT
-from captcha_mlops.preprocess import to_array
+from captcha_mlops.preprocess import CHANNELS, ColorMode, to_array
 
 
 def write_manifest(path: Path, rows: list[tuple[Path, str]]) -> None:
@@ -26,13 +26,15 @@ def read_manifest(path: Path) -> list[tuple[Path, str]]:
         return [(ROOT / row["path"], row["label"]) for row in csv.DictReader(file)]
 
 
-def _load_one(path: Path, width: int, height: int) -> np.ndarray:
+def _load_one(path: Path, width: int, height: int, color_mode: ColorMode) -> np.ndarray:
     with Image.open(path) as image:
-        return to_array(image, width, height)
+        return to_array(image, width, height, color_mode)
 
 
-def load_images(paths: list[Path], width: int, height: int, desc: str = "load") -> np.ndarray:
-    """uint8 (n, height, width, 1): the images as the model sees them, via the shared preprocessing."""
-    load = functools.partial(_load_one, width=width, height=height)
+def load_images(
+    paths: list[Path], width: int, height: int, color_mode: ColorMode = "grayscale", desc: str = "load"
+) -> np.ndarray:
+    """uint8 (n, height, width, channels): the images as the model sees them, via the shared preprocessing."""
+    load = functools.partial(_load_one, width=width, height=height, color_mode=color_mode)
     arrays = list(parallel_map(load, paths, total=len(paths), desc=desc))
-    return np.stack(arrays) if arrays else np.zeros((0, height, width, 1), np.uint8)
+    return np.stack(arrays) if arrays else np.zeros((0, height, width, CHANNELS[color_mode]), np.uint8)

@@ -1,4 +1,4 @@
-"""The networks. All map a (height, width, 1) uint8 image to (max_length, num_classes) per-position
+"""The networks. All map a (height, width, channels) uint8 image to (max_length, num_classes) per-position
 character probabilities, so evaluation and serving treat them alike; `training_model` gives the one
 that training fits, which for `ctc` is the network before its decoding layer."""
 
@@ -12,12 +12,16 @@ from captcha_mlops.params import ModelParams
 STEP_LOGITS = "step_logits"
 
 
-def build_model(params: ModelParams, height: int, width: int, max_length: int, num_classes: int) -> keras.Model:
+def build_model(
+    params: ModelParams, height: int, width: int, max_length: int, num_classes: int, channels: int = 1
+) -> keras.Model:
+    """The `params.arch` network for images of (height, width, channels): 1 channel for gray, 3 for colour."""
+    inputs = keras.Input(shape=(height, width, channels), name="image", dtype="uint8")
     if params.arch == "seed":
-        return seed_model(height, width, max_length, num_classes)
+        return seed_model(inputs, max_length, num_classes)
     if params.arch == "ctc":
-        return ctc_model(params, height, width, max_length, num_classes)
-    return compact_model(params, height, width, max_length, num_classes)
+        return ctc_model(params, inputs, max_length, num_classes)
+    return compact_model(params, inputs, max_length, num_classes)
 
 
 def training_model(model: keras.Model) -> keras.Model:
@@ -76,14 +80,13 @@ def conv_blocks(inputs: keras.KerasTensor, params: ModelParams, width_halvings: 
     return x
 
 
-def compact_model(params: ModelParams, height: int, width: int, max_length: int, num_classes: int) -> keras.Model:
+def compact_model(params: ModelParams, inputs: keras.KerasTensor, max_length: int, num_classes: int) -> keras.Model:
     """Conv blocks, each halving the image, then one softmax per character position.
 
     Four blocks turn 60x100 into a 3x6 grid whose cells each see about a third of a character; the
     position heads read the whole flattened grid, so each finds "its" character wherever the captcha
     library placed it.
     """
-    inputs = keras.Input(shape=(height, width, 1), name="image", dtype="uint8")
     x = layers.Flatten()(conv_blocks(inputs, params))
     x = layers.Dropout(params.dropout)(x)
     x = layers.Dense(max_length * num_classes)(x)
@@ -92,13 +95,12 @@ def compact_model(params: ModelParams, height: int, width: int, max_length: int,
     return keras.Model(inputs, outputs, name="compact")
 
 
-def seed_model(height: int, width: int, max_length: int, num_classes: int) -> keras.Model:
+def seed_model(inputs: keras.KerasTensor, max_length: int, num_classes: int) -> keras.Model:
     """The original cnn_captcha network: 3 x [conv3x3, ReLU, maxpool, dropout] -> FC 1024 -> sigmoid.
 
     Kept so `dvc exp run -S model.arch=seed` reproduces the baseline; trained with binary
     cross-entropy on one-hot targets and Adam 1e-4 as the original was (see train.compile_model).
     """
-    inputs = keras.Input(shape=(height, width, 1), name="image", dtype="uint8")
     x = layers.Rescaling(1.0 / 255)(inputs)
     for channels in (32, 64, 128):
         x = layers.Conv2D(channels, 3, padding="same", activation="relu")(x)
@@ -112,7 +114,7 @@ def seed_model(height: int, width: int, max_length: int, num_classes: int) -> ke
     return keras.Model(inputs, outputs, name="seed")
 
 
-def ctc_model(params: ModelParams, height: int, width: int, max_length: int, num_classes: int) -> keras.Model:
+def ctc_model(params: ModelParams, inputs: keras.KerasTensor, max_length: int, num_classes: int) -> keras.Model:
     """The compact conv blocks read as a sequence of columns by a bidirectional GRU, trained with CTC.
 
     The blocks halve the width until a column is `column_pixels_for` wide, and the height only after
@@ -127,8 +129,7 @@ def ctc_model(params: ModelParams, height: int, width: int, max_length: int, num
     `GreedyCtcDecode` turns the columns into the per-position output of the other networks, which is what
     is saved and served.
     """
-    width_halvings = column_pixels_for(params, width, max_length).bit_length() - 1
-    inputs = keras.Input(shape=(height, width, 1), name="image", dtype="uint8")
+    width_halvings = column_pixels_for(params, inputs.shape[2], max_length).bit_length() - 1
     x = conv_blocks(inputs, params, width_halvings)
     # (rows, columns, channels) -> one feature vector per column, left to right.
     x = layers.Permute((2, 1, 3))(x)

@@ -31,6 +31,7 @@ class DataParams(Section):
     max_length: int = Field(4, ge=1)
     width: int = Field(100, ge=16)
     height: int = Field(60, ge=16)
+    color_mode: Literal["grayscale", "rgb"] = "grayscale"
 
     @field_validator("charset")
     @classmethod
