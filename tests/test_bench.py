@@ -115,22 +115,45 @@ def test_server_cpu_per_request_is_cores_over_throughput() -> None:
     assert with_cpu({"throughput_per_s": 0.0}, cores)["server_cpu_ms_per_request"] is None  # every request failed
 
 
-def busy(seconds: float) -> None:
-    end = time.perf_counter() + seconds
-    while time.perf_counter() < end:
+def spin(seconds: float) -> None:
+    """Busy for `seconds` of this process's CPU time, not of the clock: as much work on a loaded machine as on an
+    idle one, where a clock-timed spin got too little CPU to measure beside a training."""
+    end = time.process_time() + seconds
+    while time.process_time() < end:
         pass
 
 
 def test_cpu_meter_counts_this_process_and_the_server_tree_apart() -> None:
-    spin = "import time\nend = time.perf_counter() + 1.5\nwhile time.perf_counter() < end: pass"
-    server = subprocess.Popen([sys.executable, "-c", spin])
+    """The load generator's work is not counted as the server's, nor the server's as the load generator's: each
+    side spins in turn while the other waits, blocked on a pipe."""
+    server_script = "\n".join(  # waits for a line, spins as `spin(0.3)` does, says so, waits to exit
+        [
+            "import sys, time",
+            "print(flush=True)",
+            "sys.stdin.readline()",
+            "end = time.process_time() + 0.3",
+            "while time.process_time() < end: pass",
+            "print(flush=True)",
+            "sys.stdin.readline()",
+        ]
+    )
+    server = subprocess.Popen([sys.executable, "-c", server_script], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
     try:
+        server.stdout.readline()  # started: its start-up is not in what is measured
         cores = cpu_meter(psutil.Process(server.pid))
-        busy(0.5)  # the load generator's share
-        measured = cores()
+        spin(0.3)  # the load generator works, the server waits
+        while_the_load_generator_works = cores()
+        server.stdin.write(b"\n")
+        server.stdin.flush()
+        server.stdout.readline()  # the server works, this process waits
+        while_the_server_works = cores()
     finally:
+        server.kill()
         server.wait()
-    assert measured["load_generator"] > 0.2 and measured["server"] > 0.2, measured
+    assert while_the_load_generator_works["load_generator"] > 0.05, while_the_load_generator_works
+    assert while_the_load_generator_works["server"] < 0.05, while_the_load_generator_works
+    assert while_the_server_works["server"] > 0.05, while_the_server_works
+    assert while_the_server_works["load_generator"] < 0.05, while_the_server_works
 
 
 def test_the_curve_draws_draws_that_read_the_same(tmp_path: Path) -> None:
