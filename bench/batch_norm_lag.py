@@ -25,6 +25,7 @@ from captcha_mlops.labels import Codec
 from captcha_mlops.model import build_model, training_model
 from captcha_mlops.params import load_params
 from captcha_mlops.paths import ROOT, SPLIT
+from captcha_mlops.preprocess import CHANNELS
 from captcha_mlops.training import compile_model, make_dataset, validation_count
 
 REFRESH_BATCHES = 30
@@ -41,13 +42,14 @@ def main() -> None:
     keras.utils.set_random_seed(train.seed)
     codec = Codec((SPLIT / "charset.txt").read_text(encoding="utf-8"), data.max_length)
     rows = read_manifest(SPLIT / "train.csv")
-    images = load_images([p for p, _ in rows], data.width, data.height, desc="load")
+    images = load_images([p for p, _ in rows], data.width, data.height, data.color_mode, desc="load")
     targets = codec.encode_many(label for _, label in rows)
     order = np.random.default_rng(train.seed).permutation(len(images))
     n_val = validation_count(len(images), train.validation_ratio)
     val, fit_idx = order[:n_val], order[n_val:]
 
-    model = build_model(params.model, data.height, data.width, data.max_length, codec.num_classes)
+    channels = CHANNELS[data.color_mode]
+    model = build_model(params.model, data.height, data.width, data.max_length, codec.num_classes, channels)
     trained = training_model(model)
     compile_model(trained, train, train.steps, params.model.arch)
     batches = iter(make_dataset(images[fit_idx], targets[fit_idx], codec.num_classes, 128, training=True, seed=0))

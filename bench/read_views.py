@@ -38,7 +38,9 @@ def scores(model: keras.Model, sample: Draw, params: Params, counts: list[int]) 
     shape = {"min_length": data.min_length, "max_length": data.max_length, "width": data.width, "height": data.height}
     result = {}
     for views in counts:
-        meta = ModelMeta("bench", sample.codec.charset, **shape, arch=params.model.arch, views=views)
+        meta = ModelMeta(
+            "bench", sample.codec.charset, **shape, arch=params.model.arch, views=views, color_mode=data.color_mode
+        )
         recognizer = Recognizer(model, meta)
         recognizer.read_arrays(sample.test_images)  # trace, and let oneDNN set up for this batch size
         started = time.monotonic()

@@ -212,7 +212,8 @@ def _time_raw_model(captcha_type: str, batch_size: int, seconds: float, threads:
 
     recognizer = Recognizer.load(bentoml.models.get(f"{registered_name(captcha_type)}:latest").path)
     meta = recognizer.meta
-    batch = np.random.default_rng(0).integers(0, 256, (batch_size, meta.height, meta.width, 1), dtype=np.uint8)
+    shape = (batch_size, meta.height, meta.width, meta.channels)
+    batch = np.random.default_rng(0).integers(0, 256, shape, dtype=np.uint8)
     recognizer.read_arrays(batch)  # trace once
     this_process = psutil.Process()
     cpu_before, images, started = sum(this_process.cpu_times()[:2]), 0, time.perf_counter()

@@ -1,6 +1,6 @@
 """A trained model and everything needed to read captchas with it, as evaluation and serving use it.
 
-A model directory holds `model.keras` and `meta.json`; the metadata (charset, lengths, image size) is
+A model directory holds `model.keras` and `meta.json`; the metadata (charset, lengths, image size and colour) is
 written by training and read here, so serving can never disagree with training about them. `views` is how
 many shifted and turned copies of each image are read besides the image itself (the majority reading wins):
 `evaluate` sets it from `evaluate.views` and measures with it, `package` serves the champion with the number
@@ -26,7 +26,7 @@ from PIL import Image
 
 from captcha_mlops.labels import Codec
 from captcha_mlops.model import GreedyCtcDecode
-from captcha_mlops.preprocess import to_array
+from captcha_mlops.preprocess import CHANNELS, ColorMode, to_array
 
 MODEL_FILE = "model.keras"
 META_FILE = "meta.json"
@@ -61,10 +61,17 @@ class ModelMeta:
     run_id: str = ""
     data_version: str = ""
     views: int = 0
+    color_mode: ColorMode = "grayscale"  # models trained before data.color_mode read gray
 
     def __post_init__(self) -> None:
         if not 0 <= self.views <= len(VIEWS):
             raise ValueError(f"views: {self.views}, expected 0 to {len(VIEWS)}")
+        if self.color_mode not in CHANNELS:
+            raise ValueError(f"color_mode: {self.color_mode!r}, expected one of {', '.join(CHANNELS)}")
+
+    @property
+    def channels(self) -> int:
+        return CHANNELS[self.color_mode]
 
     @property
     def codec(self) -> Codec:
@@ -116,7 +123,7 @@ def view_transforms(width: int, height: int, views: int) -> np.ndarray:
 
 
 def with_views(batch: tf.Tensor, transforms: np.ndarray) -> list[tf.Tensor]:
-    """uint8 (n, height, width, 1) -> [the batch, its copy through each transform], each as uint8."""
+    """uint8 (n, height, width, channels) -> [the batch, its copy through each transform], each as uint8."""
     pixels = tf.cast(batch, tf.float32)
     copies = [
         keras.ops.image.affine_transform(pixels, transform, interpolation="bilinear", fill_mode="nearest")
@@ -141,7 +148,7 @@ class Recognizer:
         # One traced graph for every batch size: no retracing per request, so memory stays flat. Each view goes
         # through the network as a batch of its own, not all in one (1 + views) times larger batch: the first
         # conv's output alone is 1.2 MB an image (160x60, 32 channels, float32), 0.7 GB for 9 views of 64.
-        spec = tf.TensorSpec((None, meta.height, meta.width, 1), tf.uint8)
+        spec = tf.TensorSpec((None, meta.height, meta.width, meta.channels), tf.uint8)
         self._forward = tf.function(
             lambda batch: tf.stack([model(view, training=False) for view in with_views(batch, transforms)]),
             input_signature=[spec],
@@ -157,10 +164,10 @@ class Recognizer:
         return cls(model, meta if views is None else dataclasses.replace(meta, views=views))
 
     def prepare(self, image: Image.Image) -> np.ndarray:
-        return to_array(image, self.meta.width, self.meta.height)
+        return to_array(image, self.meta.width, self.meta.height, self.meta.color_mode)
 
     def read_arrays(self, batch: np.ndarray) -> list[Reading]:
-        """uint8 (n, height, width, 1) -> a reading of each image, the majority of its views'."""
+        """uint8 (n, height, width, channels) -> a reading of each image, the majority of its views'."""
         if len(batch) == 0:
             return []
         by_view = self._forward(tf.convert_to_tensor(batch, tf.uint8)).numpy()  # (1 + views, n, length, classes)

@@ -30,7 +30,7 @@ from captcha_mlops.model import build_model
 from captcha_mlops.parallel import parallel_map
 from captcha_mlops.params import DataParams, Params, load_params
 from captcha_mlops.paths import PRETRAINED, PRETRAINING, SPLIT
-from captcha_mlops.preprocess import to_array
+from captcha_mlops.preprocess import CHANNELS, to_array
 from captcha_mlops.synth import PRETRAIN_FONTS, factory_for
 from captcha_mlops.tracking import use_experiment
 from captcha_mlops.training import fit, seed_everything
@@ -45,7 +45,7 @@ def synthesize(index: int, data: DataParams, charset: str, fonts: tuple[str, ...
     """
     factory = factory_for(charset, data.min_length, data.max_length, data.width, data.height, fonts)
     label, image = factory.sample(seed, index)
-    pixels = to_array(image, data.width, data.height)
+    pixels = to_array(image, data.width, data.height, data.color_mode)
     return label, (255 - pixels if index % 2 else pixels).tobytes()
 
 
@@ -72,7 +72,7 @@ def pretrain(params: Params, charset: str) -> dict:
     )
     samples = list(parallel_map(task, range(count), total=count, workers=params.generate.workers, desc="synthesize"))
     images = np.frombuffer(b"".join(pixels for _, pixels in samples), np.uint8).reshape(
-        count, data.height, data.width, 1
+        count, data.height, data.width, CHANNELS[data.color_mode]
     )
     codec = Codec(charset, data.max_length)
     targets = codec.encode_many(label for label, _ in samples)
@@ -82,7 +82,9 @@ def pretrain(params: Params, charset: str) -> dict:
         update={"steps": pretraining.steps, "batch_size": pretraining.batch_size, "max_minutes": 0.0}
     )
     seed_everything(train)
-    model = build_model(params.model, data.height, data.width, data.max_length, codec.num_classes)
+    model = build_model(
+        params.model, data.height, data.width, data.max_length, codec.num_classes, CHANNELS[data.color_mode]
+    )
     use_experiment(data.captcha_type)
     with mlflow.start_run(run_name=f"pretrain-{time.strftime('%Y%m%d-%H%M%S')}") as run:
         mlflow.set_tags({"stage": "pretrain", "arch": params.model.arch})

@@ -33,6 +33,7 @@ from captcha_mlops.labels import Codec
 from captcha_mlops.model import build_model, column_pixels_for
 from captcha_mlops.params import Params, load_params
 from captcha_mlops.paths import MODELS, REPORTS, ROOT, SPLIT, UNLABELLED
+from captcha_mlops.preprocess import CHANNELS
 from captcha_mlops.recognizer import MODEL_FILE, ModelMeta
 from captcha_mlops.tracking import log_manifests, use_experiment
 from captcha_mlops.training import fit, not_learning_hint, readings_to_train_on, seed_everything, weights_sha256
@@ -46,7 +47,7 @@ READINGS_USED = REPORTS / "readings_used.csv"  # the unlabelled images self-trai
 
 
 def signature(meta: ModelMeta, num_classes: int) -> ModelSignature:
-    image = TensorSpec(np.dtype(np.uint8), (-1, meta.height, meta.width, 1), "image")
+    image = TensorSpec(np.dtype(np.uint8), (-1, meta.height, meta.width, meta.channels), "image")
     chars = TensorSpec(np.dtype(np.float32), (-1, meta.max_length, num_classes), "chars")
     return ModelSignature(inputs=Schema([image]), outputs=Schema([chars]))
 
@@ -106,10 +107,11 @@ def main() -> None:
     charset = (SPLIT / "charset.txt").read_text(encoding="utf-8")
     codec = Codec(charset, data.max_length)
     rows = read_manifest(SPLIT / "train.csv")
-    images = load_images([p for p, _ in rows], data.width, data.height, desc="load train")
+    images = load_images([p for p, _ in rows], data.width, data.height, data.color_mode, desc="load train")
     targets = codec.encode_many(label for _, label in rows)
 
-    model = build_model(params.model, data.height, data.width, data.max_length, codec.num_classes)
+    channels = CHANNELS[data.color_mode]
+    model = build_model(params.model, data.height, data.width, data.max_length, codec.num_classes, channels)
     pretrained_run = pretrained_start(model)
     REPORTS.mkdir(parents=True, exist_ok=True)
     version = data_version()
@@ -165,7 +167,7 @@ def self_train(
     `train.self_training_steps` at half the learning rate, logging its rounds to `log_csv` after the first fit's; the
     summary of both fits, and the readings used."""
     data, train = params.data, params.train
-    plain = load_images(unlabelled, data.width, data.height, desc="load unlabelled")
+    plain = load_images(unlabelled, data.width, data.height, data.color_mode, desc="load unlabelled")
     kept, texts = readings_to_train_on(
         model,
         plain,
@@ -215,6 +217,7 @@ def save_model(model: keras.Model, params: Params, codec: Codec, run_id: str, ve
         arch=params.model.arch,
         run_id=run_id,
         data_version=version,
+        color_mode=data.color_mode,
     )
     MODELS.mkdir(parents=True, exist_ok=True)  # the folder is shared with other stages' outputs: keep them
     model.save(MODELS / MODEL_FILE)

@@ -42,14 +42,25 @@ def test_text_accuracies() -> None:
 
 
 @pytest.mark.parametrize("mode", ["RGB", "RGBA", "P", "L", "CMYK", "1", "I;16"])
-def test_any_mode_and_size_becomes_model_input(mode: str) -> None:
+@pytest.mark.parametrize(("color_mode", "channels"), [("grayscale", 1), ("rgb", 3)])
+def test_any_mode_and_size_becomes_model_input(mode: str, color_mode: str, channels: int) -> None:
     image = Image.new(mode, (37, 91))
-    array = to_array(image, width=100, height=60)
-    assert array.shape == (60, 100, 1) and array.dtype == np.uint8
+    array = to_array(image, width=100, height=60, color_mode=color_mode)
+    assert array.shape == (60, 100, channels) and array.dtype == np.uint8
 
 
-def test_transparent_pixels_become_white() -> None:
-    assert to_array(Image.new("RGBA", (4, 4), (0, 0, 0, 0)), 4, 4).min() == 255
+@pytest.mark.parametrize("color_mode", ["grayscale", "rgb"])
+def test_transparent_pixels_become_white(color_mode: str) -> None:
+    assert to_array(Image.new("RGBA", (4, 4), (0, 0, 0, 0)), 4, 4, color_mode).min() == 255
+
+
+def test_rgb_keeps_the_colours_gray_makes_alike() -> None:
+    """Pure red and the gray of its luminance: one pixel value in gray, told apart in colour (glyphs of
+    different colours overlapping are what `data.color_mode: rgb` is for)."""
+    red, its_gray = Image.new("RGB", (4, 4), (255, 0, 0)), Image.new("RGB", (4, 4), (76, 76, 76))
+    assert (to_array(red, 4, 4) == to_array(its_gray, 4, 4)).all()
+    assert to_array(red, 4, 4, "rgb")[0, 0].tolist() == [255, 0, 0]
+    assert to_array(its_gray, 4, 4, "rgb")[0, 0].tolist() == [76, 76, 76]
 
 
 def test_open_image_rejects_bad_bytes() -> None:

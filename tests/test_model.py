@@ -1,5 +1,6 @@
 """The networks: every architecture answers in the same per-position form, and `ctc` decodes and trains."""
 
+import json
 from pathlib import Path
 
 import keras
@@ -9,6 +10,7 @@ import pytest
 from captcha_mlops.labels import Codec
 from captcha_mlops.model import build_model, column_pixels_for, ctc_loss, greedy_ctc_decode, training_model
 from captcha_mlops.params import ModelParams, TrainParams
+from captcha_mlops.preprocess import to_array
 from captcha_mlops.recognizer import ModelMeta, Recognizer
 from captcha_mlops.synth import CaptchaFactory
 from captcha_mlops.training import compile_model, make_dataset
@@ -146,6 +148,44 @@ def test_a_reading_of_the_wrong_length_is_marked_invalid(tmp_path: Path) -> None
     (reading,) = Recognizer.load(tmp_path).read_arrays(np.zeros((1, 20, 40, 1), np.uint8))
 
     assert reading.text == "" and not reading.valid
+
+
+def test_a_colour_model_reads_colour_images_as_it_trained_on_them(tmp_path: Path) -> None:
+    """data.color_mode: rgb trains a network on three channels; its meta.json says so, and the recognizer
+    brings any image to them with the shared preprocessing."""
+    codec = Codec("0123456789", max_length=5)
+    factory = CaptchaFactory(codec.charset, 4, 5, width=100, height=40)
+    samples = [factory.sample(seed=1, index=i) for i in range(32)]
+    images = np.stack([to_array(image, 100, 40, "rgb") for _, image in samples])
+    model = build_model(ModelParams(filters=[8, 8, 8]), 40, 100, codec.max_length, codec.num_classes, channels=3)
+    assert model.input_shape == (None, 40, 100, 3)
+    trained = training_model(model)
+    compile_model(trained, TrainParams(steps=2), steps=2, arch="ctc")
+    trained.fit(
+        make_dataset(images, codec.encode_many(t for t, _ in samples), codec.num_classes, 16, training=True, seed=0),
+        steps_per_epoch=2,
+        verbose=0,
+    )
+
+    model.save(tmp_path / "model.keras")
+    ModelMeta("t", codec.charset, 4, 5, 100, 40, "ctc", color_mode="rgb").write(tmp_path)
+    recognizer = Recognizer.load(tmp_path)
+    assert recognizer.meta.channels == 3
+    readings = recognizer.read_images([image.convert("P") for _, image in samples[:3]])  # any mode, read in colour
+    expected = model.predict(
+        np.stack([to_array(image.convert("P"), 100, 40, "rgb") for _, image in samples[:3]]), verbose=0
+    )
+    assert [reading.text for reading in readings] == [codec.decode(p)[0] for p in expected]
+
+
+def test_meta_of_a_model_from_before_color_mode_reads_gray(tmp_path: Path) -> None:
+    ModelMeta("t", "01", 4, 4, 40, 20, "ctc").write(tmp_path)
+    raw = json.loads((tmp_path / "meta.json").read_text())
+    del raw["color_mode"]
+    (tmp_path / "meta.json").write_text(json.dumps(raw))
+    assert ModelMeta.read(tmp_path).color_mode == "grayscale"
+    with pytest.raises(ValueError, match="color_mode: 'cmyk', expected one of grayscale, rgb"):
+        ModelMeta("t", "01", 4, 4, 40, 20, "ctc", color_mode="cmyk")
 
 
 def test_meta_written_before_the_captcha_type_rename_still_reads(tmp_path: Path) -> None:
