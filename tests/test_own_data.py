@@ -17,6 +17,7 @@ STYLE = STYLES["speckle5"]
 RECIPE = {
     "data": {
         "captcha_type": "own5",
+        "color_mode": "rgb",  # the recipe's option for coloured glyphs: the stages read colour end to end
         "charset_from_data": True,
         "min_length": STYLE.min_length,
         "max_length": STYLE.max_length,
@@ -40,6 +41,7 @@ def test_own_images_train_from_the_pretrained_network_and_reuse_it(project_facto
     mlflow.set_tracking_uri(project_env(root)["MLFLOW_TRACKING_URI"])
     trained = mlflow.get_run(json.loads((root / "models/meta.json").read_text())["run_id"])
     assert trained.data.tags["pretrained_run_id"] == pretrained["run_id"]
+    assert json.loads((root / "models/meta.json").read_text())["color_mode"] == "rgb"
     pretraining = mlflow.get_run(pretrained["run_id"])
     assert pretraining.data.tags["stage"] == "pretrain" and pretraining.data.params["pretrain.images"] == "200"
     assert "val_image_accuracy" in pretraining.data.metrics
