@@ -39,9 +39,10 @@ def test_own_images_train_from_the_pretrained_network_and_reuse_it(project_facto
     pretrained = json.loads((root / "models/pretrained/pretrained.json").read_text())
     assert pretrained["images"] == 200 and pretrained["charset"] == (root / "data/split/charset.txt").read_text()
     mlflow.set_tracking_uri(project_env(root)["MLFLOW_TRACKING_URI"])
-    trained = mlflow.get_run(json.loads((root / "models/meta.json").read_text())["run_id"])
+    meta = json.loads((root / "models/meta.json").read_text())
+    assert meta["color_mode"] == "rgb"
+    trained = mlflow.get_run(meta["run_id"])
     assert trained.data.tags["pretrained_run_id"] == pretrained["run_id"]
-    assert json.loads((root / "models/meta.json").read_text())["color_mode"] == "rgb"
     pretraining = mlflow.get_run(pretrained["run_id"])
     assert pretraining.data.tags["stage"] == "pretrain" and pretraining.data.params["pretrain.images"] == "200"
     assert "val_image_accuracy" in pretraining.data.metrics
