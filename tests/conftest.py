@@ -14,6 +14,7 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent  # the venv's dvc, bentoml, mlflow
+GIT = ["git", "-c", "user.name=test", "-c", "user.email=test@example.com"]  # commits in throwaway repos
 
 # Small enough for a 2-core CI machine, big enough that every stage does real work.
 TINY_PARAMS = {
@@ -63,10 +64,9 @@ def make_project(destination: Path, changes: dict | None = None) -> Path:
     params_file = destination / "params.yaml"
     params = override(yaml.safe_load(params_file.read_text()), TINY_PARAMS | (changes or {}))
     params_file.write_text(yaml.safe_dump(params, sort_keys=False))
-    git = ["git", "-c", "user.name=test", "-c", "user.email=test@example.com"]
     run(["git", "init", "-q"], destination)
     run(["git", "add", "-A"], destination)
-    run([*git, "commit", "-qm", "tiny project"], destination)
+    run([*GIT, "commit", "-qm", "tiny project"], destination)
     return destination
 
 

@@ -7,9 +7,8 @@ import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
-from tests.conftest import BIN, project_env, run
+from tests.conftest import BIN, GIT, project_env, run
 
-GIT = ["git", "-c", "user.name=test", "-c", "user.email=test@example.com"]
 PULLED = ["data/split/train.csv", "models/model.keras", "models/meta.json", "models/bento_model.json"]
 
 

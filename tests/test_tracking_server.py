@@ -17,7 +17,7 @@ import mlflow
 import psutil
 import pytest
 
-from tests.conftest import BIN, project_env, run
+from tests.conftest import BIN, GIT, project_env, run
 
 pytestmark = pytest.mark.server
 
@@ -64,7 +64,7 @@ def test_the_pipeline_and_two_queued_experiments_land_on_the_server(
 
     # Queued experiments run in temporary copies of the repo: only a server keeps their runs.
     run(["git", "add", "-A"], root, env=env)
-    run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "run"], root, env=env)
+    run([*GIT, "commit", "-qm", "run"], root, env=env)
     for seed in (1, 2):
         run(["dvc", "exp", "run", "--queue", "-S", f"train.seed={seed}"], root, env=env)
     run(["dvc", "queue", "start", "-j", "2"], root, env=env)
