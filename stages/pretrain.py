@@ -22,18 +22,14 @@ import json
 import shutil
 import time
 
-import mlflow
 import numpy as np
 
 from captcha_mlops.labels import Codec
-from captcha_mlops.model import build_model
 from captcha_mlops.parallel import parallel_map
 from captcha_mlops.params import DataParams, Params, load_params
 from captcha_mlops.paths import PRETRAINED, PRETRAINING, SPLIT
 from captcha_mlops.preprocess import CHANNELS, to_array
 from captcha_mlops.synth import PRETRAIN_FONTS, factory_for
-from captcha_mlops.tracking import use_experiment
-from captcha_mlops.training import fit, seed_everything
 
 RECORD = PRETRAINED / "pretrained.json"
 WEIGHTS = PRETRAINED / "model.weights.h5"
@@ -61,6 +57,13 @@ def skip_reason(params: Params, pretraining: dict) -> str | None:
 
 
 def pretrain(params: Params, charset: str) -> dict:
+    # Imported here, not above: most runs skip this stage, and TensorFlow and MLflow take 10 to 15 s to import.
+    import mlflow
+
+    from captcha_mlops.model import build_model
+    from captcha_mlops.tracking import use_experiment
+    from captcha_mlops.training import fit, seed_everything
+
     data = params.data
     count = params.pretrain.images
     task = functools.partial(
