@@ -42,10 +42,11 @@ from captcha_mlops.dataset import load_images
 from captcha_mlops.labels import Codec, label_from_name
 from captcha_mlops.metrics import text_accuracies
 from captcha_mlops.model import build_model
+from captcha_mlops.model_meta import ModelMeta
 from captcha_mlops.parallel import parallel_map
 from captcha_mlops.params import DataParams, ModelParams, TrainParams
 from captcha_mlops.paths import tracking_uri
-from captcha_mlops.recognizer import ModelMeta, Recognizer
+from captcha_mlops.recognizer import Recognizer
 from captcha_mlops.synth import PRETRAIN_FONTS
 from stages.pretrain import synthesize
 

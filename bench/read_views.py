@@ -4,7 +4,7 @@ For each draw, trains one network on the style's labelled images as the `train` 
 (bench/draws.py: the images of bench/learning_curve.py's point of that draw) and reads the style's 400
 held-out test images with `Recognizer`, as `evaluate` and the service read them, with `evaluate.views` set
 to each of `--views` (0: the image alone; n: the image and the first n of the fixed shifted and turned
-copies of `recognizer.VIEWS`, the majority reading wins). One network for every count: the comparison is
+copies of `model_meta.VIEWS`, the majority reading wins). One network for every count: the comparison is
 free of the spread between trainings. With `--unlabelled N`, the network then self-trains on N unlabelled
 images as `train` does (params.yaml's rule) and is read again with each count: both remedies together.
 
@@ -27,8 +27,9 @@ from bench.draws import Draw, commit, load_draw, record, scratch, style_params
 from bench.learning_curve import RESULTS
 from bench.styles import STYLES
 from captcha_mlops.metrics import text_accuracies
+from captcha_mlops.model_meta import ModelMeta
 from captcha_mlops.params import Params
-from captcha_mlops.recognizer import ModelMeta, Recognizer
+from captcha_mlops.recognizer import Recognizer
 from stages.train import self_train
 
 

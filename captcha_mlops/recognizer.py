@@ -10,7 +10,6 @@ it was measured with.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 from collections import Counter
@@ -24,68 +23,9 @@ import numpy as np
 import tensorflow as tf
 from PIL import Image
 
-from captcha_mlops.labels import Codec
 from captcha_mlops.model import GreedyCtcDecode
-from captcha_mlops.preprocess import CHANNELS, ColorMode, to_array
-
-MODEL_FILE = "model.keras"
-META_FILE = "meta.json"
-
-# The copies read besides the image, in order: (right, down) in fractions of the width and height and a turn in
-# fractions of a full turn; `views: n` reads the first n. Opposites come in pairs so that every even count is
-# balanced. Half the reach of training's jitter (`training.augmentation`: 0.04, 0.06 and 0.015): the network has
-# learned to read such copies as well as the image, and a misreading rarely survives them all.
-VIEWS = (
-    (0.02, 0.0, 0.0),
-    (-0.02, 0.0, 0.0),
-    (0.0, 0.03, 0.0),
-    (0.0, -0.03, 0.0),
-    (0.0, 0.0, 0.0075),
-    (0.0, 0.0, -0.0075),
-    (0.02, 0.03, 0.0),
-    (-0.02, -0.03, 0.0),
-)
-
-
-@dataclasses.dataclass(frozen=True)
-class ModelMeta:
-    """What serving must know about a model; stored beside it (and in MLflow and the BentoML store)."""
-
-    captcha_type: str
-    charset: str
-    min_length: int
-    max_length: int
-    width: int
-    height: int
-    arch: str
-    run_id: str = ""
-    data_version: str = ""
-    views: int = 0
-    color_mode: ColorMode = "grayscale"  # models trained before data.color_mode read gray
-
-    def __post_init__(self) -> None:
-        if not 0 <= self.views <= len(VIEWS):
-            raise ValueError(f"views: {self.views}, expected 0 to {len(VIEWS)}")
-        if self.color_mode not in CHANNELS:
-            raise ValueError(f"color_mode: {self.color_mode!r}, expected one of {', '.join(CHANNELS)}")
-
-    @property
-    def channels(self) -> int:
-        return CHANNELS[self.color_mode]
-
-    @property
-    def codec(self) -> Codec:
-        return Codec(self.charset, self.max_length)
-
-    @classmethod
-    def read(cls, model_dir: str | Path) -> ModelMeta:
-        raw = json.loads((Path(model_dir) / META_FILE).read_text(encoding="utf-8"))
-        raw.setdefault("captcha_type", raw.get("name"))  # models trained before the field's rename
-        return cls(**{field.name: raw[field.name] for field in dataclasses.fields(cls) if field.name in raw})
-
-    def write(self, model_dir: str | Path) -> None:
-        text = json.dumps(dataclasses.asdict(self), indent=2, ensure_ascii=False)
-        (Path(model_dir) / META_FILE).write_text(text + "\n", encoding="utf-8")
+from captcha_mlops.model_meta import MODEL_FILE, VIEWS, ModelMeta
+from captcha_mlops.preprocess import to_array
 
 
 @dataclasses.dataclass(frozen=True)

@@ -25,9 +25,9 @@ import mlflow
 from mlflow.entities import Run
 from mlflow.entities.model_registry import ModelVersion
 
+from captcha_mlops.model_meta import META_FILE, MODEL_FILE, ModelMeta
 from captcha_mlops.params import load_params
 from captcha_mlops.paths import MODELS, tracking_uri
-from captcha_mlops.recognizer import META_FILE, MODEL_FILE, ModelMeta
 from captcha_mlops.tracking import registered_name
 
 ALIAS = "champion"

@@ -31,10 +31,10 @@ from mlflow.types import Schema, TensorSpec
 from captcha_mlops.dataset import load_images, read_manifest, write_manifest
 from captcha_mlops.labels import Codec
 from captcha_mlops.model import build_model, column_pixels_for
+from captcha_mlops.model_meta import MODEL_FILE, ModelMeta
 from captcha_mlops.params import Params, load_params
 from captcha_mlops.paths import MODELS, REPORTS, ROOT, SPLIT, UNLABELLED
 from captcha_mlops.preprocess import CHANNELS
-from captcha_mlops.recognizer import MODEL_FILE, ModelMeta
 from captcha_mlops.tracking import log_manifests, use_experiment
 from captcha_mlops.training import fit, not_learning_hint, readings_to_train_on, seed_everything, weights_sha256
 from stages import pretrain

@@ -49,6 +49,15 @@ def test_a_stage_depends_on_all_the_code_it_runs(name: str) -> None:
     assert not missing, f"dvc.yaml: stage {name} runs {sorted(missing)} but does not list it in deps"
 
 
+@pytest.mark.parametrize("name", sorted(STAGES))
+def test_a_stage_lists_no_code_it_does_not_run(name: str) -> None:
+    """A listed module the stage no longer imports would re-run it, a training perhaps, for nothing."""
+    stage = STAGES[name]
+    listed = {dep for dep in stage["deps"] if dep.endswith(".py")}
+    unused = listed - code_run_by(stage["cmd"].removeprefix("python -m "))
+    assert not unused, f"dvc.yaml: stage {name} lists {sorted(unused)} that it does not import"
+
+
 def test_the_import_scan_sees_through_from_package_imports() -> None:
     assert "stages/pretrain.py" in code_run_by("stages.train")  # `from stages import pretrain`
     assert "captcha_mlops/preprocess.py" in code_run_by("stages.evaluate")  # via recognizer

@@ -9,9 +9,10 @@ import pytest
 
 from captcha_mlops.labels import Codec
 from captcha_mlops.model import build_model, column_pixels_for, ctc_loss, greedy_ctc_decode, training_model
+from captcha_mlops.model_meta import ModelMeta
 from captcha_mlops.params import ModelParams, TrainParams
 from captcha_mlops.preprocess import to_array
-from captcha_mlops.recognizer import ModelMeta, Recognizer
+from captcha_mlops.recognizer import Recognizer
 from captcha_mlops.synth import CaptchaFactory
 from captcha_mlops.training import compile_model, make_dataset
 

@@ -10,8 +10,9 @@ import tensorflow as tf
 from pydantic import ValidationError
 
 from captcha_mlops.labels import Codec
+from captcha_mlops.model_meta import VIEWS, ModelMeta
 from captcha_mlops.params import EvaluateParams
-from captcha_mlops.recognizer import VIEWS, ModelMeta, Recognizer, majority, view_transforms, with_views
+from captcha_mlops.recognizer import Recognizer, majority, view_transforms, with_views
 
 HEIGHT, WIDTH = 20, 100  # the horizontal views shift 0.02 * 100 = 2 whole pixels
 DOT = (10, 50)
