@@ -41,20 +41,25 @@ def code_run_by(entry: str) -> set[str]:
     return seen
 
 
+def listed_and_run(name: str) -> tuple[set[str], set[str]]:
+    """The source files dvc.yaml lists for stage `name`, and those its command runs."""
+    stage = STAGES[name]
+    listed = {dep for dep in stage["deps"] if dep.endswith(".py")}
+    return listed, code_run_by(stage["cmd"].removeprefix("python -m "))
+
+
 @pytest.mark.parametrize("name", sorted(STAGES))
 def test_a_stage_depends_on_all_the_code_it_runs(name: str) -> None:
-    stage = STAGES[name]
-    entry = stage["cmd"].removeprefix("python -m ")
-    missing = code_run_by(entry) - set(stage["deps"])
+    listed, runs = listed_and_run(name)
+    missing = runs - listed
     assert not missing, f"dvc.yaml: stage {name} runs {sorted(missing)} but does not list it in deps"
 
 
 @pytest.mark.parametrize("name", sorted(STAGES))
 def test_a_stage_lists_no_code_it_does_not_run(name: str) -> None:
     """A listed module the stage no longer imports would re-run it, a training perhaps, for nothing."""
-    stage = STAGES[name]
-    listed = {dep for dep in stage["deps"] if dep.endswith(".py")}
-    unused = listed - code_run_by(stage["cmd"].removeprefix("python -m "))
+    listed, runs = listed_and_run(name)
+    unused = listed - runs
     assert not unused, f"dvc.yaml: stage {name} lists {sorted(unused)} that it does not import"
 
 
