@@ -8,10 +8,15 @@ from pathlib import Path
 import pytest
 import yaml
 
+from captcha_mlops.params import TrainParams
 from tests.conftest import REPO
 
 PACKAGES = ("captcha_mlops", "stages")
 STAGES = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+NOT_PRETRAINING = {  # the train keys pretrain does not read
+    *("steps", "batch_size", "max_minutes"),  # it sets its own budget (stages/pretrain.py)
+    *("self_training_steps", "self_training_confidence", "self_training_views"),  # only train self-trains
+}
 
 
 def imported_files(module: Path) -> set[str]:
@@ -66,3 +71,10 @@ def test_a_stage_lists_no_code_it_does_not_run(name: str) -> None:
 def test_the_import_scan_sees_through_from_package_imports() -> None:
     assert "stages/pretrain.py" in code_run_by("stages.train")  # `from stages import pretrain`
     assert "captcha_mlops/preprocess.py" in code_run_by("stages.evaluate")  # via recognizer
+
+
+def test_pretrain_depends_on_the_train_keys_it_reads_and_no_others() -> None:
+    """A train key pretrain ignores must not re-run it: `dvc exp run -S train.steps=3000` on a few hundred labels
+    would pretrain again, 17 minutes, for nothing; a new train key has to be sorted onto one side or the other."""
+    listed = {key.removeprefix("train.") for key in STAGES["pretrain"]["params"] if key.startswith("train.")}
+    assert listed == set(TrainParams.model_fields) - NOT_PRETRAINING

@@ -1,14 +1,17 @@
 """The README's own-images recipe on a tiny own-drawn set: the network starts from the pretrain stage's,
 that start is recorded in MLflow, adding labels retrains without pretraining again, a set that grows
-past `pretrain.below_images` trains from scratch, and unlabelled images reach self-training."""
+past `pretrain.below_images` trains from scratch, unlabelled images reach self-training, and a train key
+pretraining does not read does not re-run it."""
 
 from __future__ import annotations
 
 import json
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
 import mlflow
+import yaml
 
 from bench.styles import STYLES
 from tests.conftest import project_env, run
@@ -81,3 +84,29 @@ def test_generated_training_data_skips_pretraining(pipeline_project: Path) -> No
     mlflow.set_tracking_uri(project_env(pipeline_project)["MLFLOW_TRACKING_URI"])
     meta = json.loads((pipeline_project / "models/meta.json").read_text())
     assert mlflow.get_run(meta["run_id"]).data.tags["pretrained_run_id"] == "none"
+
+
+def test_only_the_train_keys_a_fit_reads_rerun_pretraining(pipeline_project: Path) -> None:
+    """`dvc exp run -S train.steps=3000` on a few hundred labels retrains without pretraining again."""
+    params_file = pipeline_project / "params.yaml"
+    shipped = params_file.read_text()
+
+    def stale_stages(train_changes: dict) -> set[str]:
+        params = yaml.safe_load(shipped)
+        params["train"].update(train_changes)
+        params_file.write_text(yaml.safe_dump(params, sort_keys=False))
+        status = subprocess.run(
+            ["dvc", "status", "--json"],
+            cwd=pipeline_project,
+            env=project_env(pipeline_project),
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        return set(json.loads(status.stdout))
+
+    try:
+        assert stale_stages({"steps": 3000, "self_training_steps": 50}) == {"train"}
+        assert stale_stages({"learning_rate": 0.001}) == {"pretrain", "train"}
+    finally:
+        params_file.write_text(shipped)
