@@ -14,7 +14,7 @@ import mlflow
 import yaml
 
 from bench.styles import STYLES
-from tests.conftest import project_env, run
+from tests.conftest import override, project_env, run
 
 STYLE = STYLES["speckle5"]
 RECIPE = {
@@ -92,8 +92,7 @@ def test_only_the_train_keys_a_fit_reads_rerun_pretraining(pipeline_project: Pat
     shipped = params_file.read_text()
 
     def stale_stages(train_changes: dict) -> set[str]:
-        params = yaml.safe_load(shipped)
-        params["train"].update(train_changes)
+        params = override(yaml.safe_load(shipped), {"train": train_changes})
         params_file.write_text(yaml.safe_dump(params, sort_keys=False))
         status = subprocess.run(
             ["dvc", "status", "--json"],
