@@ -13,7 +13,7 @@ import json
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import keras
@@ -44,14 +44,17 @@ class Draw:
     test_images: np.ndarray
     test_truth: list[str]
 
-    def trained(self, params: Params, log_csv: Path) -> tuple[keras.Model, dict]:
+    def trained(
+        self, params: Params, log_csv: Path, callbacks: Sequence[keras.callbacks.Callback] = ()
+    ) -> tuple[keras.Model, dict]:
         """A network trained on the labels as the `train` stage trains it from scratch (before any
-        self-training), and `fit`'s summary."""
+        self-training), and `fit`'s summary; `callbacks` watch the training."""
         data, train = params.data, params.train
         seed_everything(train)
         channels = CHANNELS[data.color_mode]
         model = build_model(params.model, data.height, data.width, data.max_length, self.codec.num_classes, channels)
-        summary = fit(model, self.images, self.targets, self.codec.num_classes, params.model.arch, train, log_csv)
+        arch, num_classes = params.model.arch, self.codec.num_classes
+        summary = fit(model, self.images, self.targets, num_classes, arch, train, log_csv, callbacks=callbacks)
         return model, summary
 
     def readings(self, model: keras.Model) -> list[str]:

@@ -8,6 +8,8 @@ import sys
 import time
 from pathlib import Path
 
+import keras
+import numpy as np
 import psutil
 import pytest
 from PIL import Image
@@ -18,6 +20,7 @@ from bench.hard_images import ranked
 from bench.learning_curve import plot, recipe, save, series_name
 from bench.serving import cpu_meter, with_cpu
 from bench.styles import STYLES, Style
+from bench.weight_average import Averages
 from captcha_mlops.labels import label_from_name
 
 
@@ -164,3 +167,21 @@ def test_the_curve_draws_draws_that_read_the_same(tmp_path: Path) -> None:
     ] * 3
     plot(points, tmp_path / "curve.png")
     assert Image.open(tmp_path / "curve.png").size[0] > 0
+
+
+def test_weight_averages_follow_keras_ema_rule() -> None:
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    model.compile(keras.optimizers.SGD(0.1, use_ema=True, ema_momentum=0.9), "mse")
+    averages = Averages([0.9, 0.5])
+    x, y = np.random.default_rng(0).normal(size=(40, 3)), np.zeros((40, 2))
+    keras_average = []
+
+    class KerasAverage(keras.callbacks.Callback):  # its own, still there after fit put it in place
+        def on_train_end(self, logs: dict | None = None) -> None:
+            keras_average.extend(v.numpy() for v in self.model.optimizer._model_variables_moving_average)
+
+    model.fit(x, y, batch_size=8, epochs=1, verbose=0, shuffle=False, callbacks=[averages, KerasAverage()])
+
+    assert all(np.allclose(a, b, atol=1e-6) for a, b in zip(averages.averages[0.9], keras_average))
+    assert not all(np.allclose(a, b, atol=1e-6) for a, b in zip(averages.averages[0.5], keras_average))
