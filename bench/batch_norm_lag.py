@@ -18,7 +18,6 @@ import json
 import subprocess
 
 import keras
-import numpy as np
 
 from captcha_mlops.dataset import load_images, read_manifest
 from captcha_mlops.labels import Codec
@@ -26,7 +25,7 @@ from captcha_mlops.model import build_model, training_model
 from captcha_mlops.params import load_params
 from captcha_mlops.paths import ROOT, SPLIT
 from captcha_mlops.preprocess import CHANNELS
-from captcha_mlops.training import compile_model, make_dataset, validation_count
+from captcha_mlops.training import compile_model, make_dataset, validation_split
 
 REFRESH_BATCHES = 30
 
@@ -44,9 +43,7 @@ def main() -> None:
     rows = read_manifest(SPLIT / "train.csv")
     images = load_images([p for p, _ in rows], data.width, data.height, data.color_mode, desc="load")
     targets = codec.encode_many(label for _, label in rows)
-    order = np.random.default_rng(train.seed).permutation(len(images))
-    n_val = validation_count(len(images), train.validation_ratio)
-    val, fit_idx = order[:n_val], order[n_val:]
+    val, fit_idx = validation_split(len(images), train)
 
     channels = CHANNELS[data.color_mode]
     model = build_model(params.model, data.height, data.width, data.max_length, codec.num_classes, channels)

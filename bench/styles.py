@@ -76,7 +76,9 @@ def draw_speckle5(label: str, rng: random.Random) -> Image.Image:
 OVERLAP6_FONTS = ("DejaVuSerif-Bold.ttf", "DejaVuSerif-BoldItalic.ttf", "STIXGeneralBol.ttf", "cmb10.ttf")
 
 
-def draw_overlap6(label: str, rng: random.Random) -> Image.Image:
+def draw_overlap6(label: str, rng: random.Random, glyph_masks: list[Image.Image] | None = None) -> Image.Image:
+    """An overlap6 captcha of `label`; with `glyph_masks`, appends each glyph's coverage (its alpha, placed and
+    warped as drawn, 0-255) to it, so bench/hard_images.py can tell how much of a glyph its neighbours hide."""
     width, height = 160, 60
     top, bottom = [tuple(rng.randint(10, 90) for _ in range(3)) for _ in range(2)]
     image = Image.new("RGB", (width, height))
@@ -86,6 +88,7 @@ def draw_overlap6(label: str, rng: random.Random) -> Image.Image:
         draw.line([(0, y), (width, y)], fill=tuple(round(a + (b - a) * t) for a, b in zip(top, bottom)))
     font_file = str(MATPLOTLIB_FONTS / rng.choice(OVERLAP6_FONTS))
     text = Image.new("RGBA", (width, height), (0, 0, 0, 0))
+    placed = []
     x = rng.uniform(4, 14)
     advance = (width - 2 * x) / len(label)
     for char in label:
@@ -94,20 +97,33 @@ def draw_overlap6(label: str, rng: random.Random) -> Image.Image:
         colour = (*[rng.randint(170, 255) for _ in range(3)], 255)
         ImageDraw.Draw(glyph).text((10, 4), char, font=font, fill=colour)
         glyph = glyph.rotate(rng.uniform(-15, 15), resample=Image.Resampling.BICUBIC)
-        text.alpha_composite(glyph, (int(x) - 10, rng.randint(-2, 8)))
+        corner = (int(x) - 10, rng.randint(-2, 8))
+        text.alpha_composite(glyph, corner)
+        placed.append((glyph, corner))
         x += advance * rng.uniform(0.75, 0.95)  # less than a glyph's width: neighbours overlap
     phase, amplitude = rng.uniform(0, 2 * math.pi), rng.uniform(1.5, 3.5)
-    warped = Image.new("RGBA", (width, height), (0, 0, 0, 0))
-    for column in range(width):  # sine warp: each column shifted up or down
-        shift = round(amplitude * math.sin(phase + column / 12))
-        warped.paste(text.crop((column, 0, column + 1, height)), (column, shift))
+    warped = sine_warped(text, phase, amplitude)
     image.paste(warped, (0, 0), warped)
+    if glyph_masks is not None:
+        for glyph, corner in placed:
+            mask = Image.new("L", (width, height))
+            mask.paste(glyph.getchannel("A"), corner)
+            glyph_masks.append(sine_warped(mask, phase, amplitude))
     for _ in range(rng.randint(2, 3)):  # arcs through the text
         box = sorted(rng.randint(-40, width + 40) for _ in range(2))
         vertical = sorted(rng.randint(-20, height + 20) for _ in range(2))
         box = [box[0], vertical[0], box[1] + 20, vertical[1] + 20]
         draw.arc(box, rng.randint(0, 180), rng.randint(180, 360), fill=(200, 200, 200), width=rng.randint(1, 2))
     return image
+
+
+def sine_warped(image: Image.Image, phase: float, amplitude: float) -> Image.Image:
+    """`image` with each column shifted up or down along a sine wave."""
+    warped = Image.new(image.mode, image.size)
+    for column in range(image.width):
+        shift = round(amplitude * math.sin(phase + column / 12))
+        warped.paste(image.crop((column, 0, column + 1, image.height)), (column, shift))
+    return warped
 
 
 STYLES = {

@@ -28,7 +28,7 @@ from bench.draws import Draw, commit, load_draw, record, scratch, style_params
 from bench.learning_curve import RESULTS
 from bench.styles import STYLES
 from captcha_mlops.metrics import text_accuracies
-from captcha_mlops.training import BATCH_NORM_SAMPLE, VALIDATION_BATCH, FreshBatchNorm, make_dataset, validation_count
+from captcha_mlops.training import FreshBatchNorm, batch_norm_dataset, validation_split
 
 
 class Averages(keras.callbacks.Callback):
@@ -68,7 +68,6 @@ def main() -> None:
     args = parser.parse_args()
     style = STYLES[args.style]
     params = style_params(style)
-    train = params.train
     with scratch("weight_average") as workdir:
         for draw in args.draws:
             sample = load_draw(style, params, args.labels, 0, draw, workdir)
@@ -79,18 +78,9 @@ def main() -> None:
             row = {"commit": commit(), "style": style.name, "labels": args.labels, "draw": draw}
             row["training_minutes"] = round((time.monotonic() - started) / 60, 1)
             row["params.yaml"] = score(sample, model)
-            # The images `fit` measures batch-norm statistics on: the first of its training images.
-            order = np.random.default_rng(train.seed).permutation(len(sample.images))
-            norm_sample = order[validation_count(len(sample.images), train.validation_ratio) :][:BATCH_NORM_SAMPLE]
-            norm_images = make_dataset(
-                sample.images[norm_sample],
-                sample.targets[norm_sample],
-                sample.codec.num_classes,
-                VALIDATION_BATCH,
-                training=False,
-                seed=0,
-            )
-            refresh = FreshBatchNorm(norm_images)
+            _, train_idx = validation_split(len(sample.images), params.train)
+            norm_images = batch_norm_dataset(sample.images, sample.targets, train_idx, sample.codec.num_classes)
+            refresh = FreshBatchNorm(norm_images)  # measures batch-norm statistics as `fit` does
             refresh.set_model(model)
             for momentum, average in averages.averages.items():
                 for variable, weights in zip(model.trainable_variables, average):

@@ -119,6 +119,14 @@ def validation_count(images: int, ratio: float) -> int:
     return max(1, round(images * ratio), min(SMALLEST_VALIDATION, images // 5))
 
 
+def validation_split(images: int, train: TrainParams) -> tuple[np.ndarray, np.ndarray]:
+    """The (validation, training) indices of `images` images: a permutation seeded by `train.seed`, its first
+    `validation_count` held out, so the same images and seed always hold out the same ones."""
+    order = np.random.default_rng(train.seed).permutation(images)
+    held_out = validation_count(images, train.validation_ratio)
+    return order[:held_out], order[held_out:]
+
+
 def make_dataset(
     images: np.ndarray,
     targets: np.ndarray,
@@ -140,6 +148,15 @@ def make_dataset(
         return (x if jitter is None else jittered(jitter, x)), tf.one_hot(y, num_classes)
 
     return dataset.map(prepare, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+
+
+def batch_norm_dataset(
+    images: np.ndarray, targets: np.ndarray, train_idx: np.ndarray, num_classes: int
+) -> tf.data.Dataset:
+    """The images `FreshBatchNorm` measures batch-norm statistics on before each validation: the first
+    BATCH_NORM_SAMPLE training images, as they are (not augmented)."""
+    sample = train_idx[:BATCH_NORM_SAMPLE]
+    return make_dataset(images[sample], targets[sample], num_classes, VALIDATION_BATCH, training=False, seed=0)
 
 
 def jittered(jitter: keras.Sequential, images: tf.Tensor) -> tf.Tensor:
@@ -429,9 +446,8 @@ def fit(
     `train_only`: more (images, targets) to train on but never to validate on (self-training's readings).
     `log_prefix`, `first_step`: for a second fit in the same MLflow run, its params' prefix and first step.
     """
-    order = np.random.default_rng(train.seed).permutation(len(images))
-    n_val = validation_count(len(images), train.validation_ratio)
-    val_idx, train_idx = order[:n_val], order[n_val:]
+    val_idx, train_idx = validation_split(len(images), train)
+    n_val = len(val_idx)
     train_images, train_targets = images[train_idx], targets[train_idx]
     if train_only is not None:
         train_images = np.concatenate([train_images, train_only[0]])
@@ -464,8 +480,7 @@ def fit(
         f"fit: {len(train_images)} train / {n_val} validation images, batch {batch_size}, "
         f"{train.steps} steps, {precision}"
     )
-    sample = train_idx[:BATCH_NORM_SAMPLE]
-    norm_ds = make_dataset(images[sample], targets[sample], num_classes, VALIDATION_BATCH, training=False, seed=0)
+    norm_ds = batch_norm_dataset(images, targets, train_idx, num_classes)
     every_round = [FreshBatchNorm(norm_ds), StepLog(log_csv, train.log_every_n_steps, first_step), *stops(train, n_val)]
     if fitted is not trained:
         every_round.append(CopyWeights(trained))

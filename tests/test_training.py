@@ -28,6 +28,7 @@ from captcha_mlops.training import (
     pseudo_labels,
     readings_to_train_on,
     validation_count,
+    validation_split,
 )
 
 CODEC = Codec("0123456789", max_length=4)
@@ -94,6 +95,15 @@ def test_validation_is_large_enough_to_stop_on() -> None:
     assert validation_count(950, 0.05) == 48
     assert validation_count(200, 0.05) == 30  # 5% would be 10: one image would move accuracy by 0.1
     assert validation_count(40, 0.05) == 8  # at most a fifth of a tiny set
+
+
+def test_the_same_images_and_seed_hold_out_the_same_validation_images() -> None:
+    held_out, trained_on = validation_split(950, TrainParams(seed=3))
+    assert len(held_out) == validation_count(950, 0.05)
+    assert sorted([*held_out, *trained_on]) == list(range(950))  # every image once
+    again, _ = validation_split(950, TrainParams(seed=3))
+    other, _ = validation_split(950, TrainParams(seed=4))
+    assert list(again) == list(held_out) and list(other) != list(held_out)
 
 
 class Round:
