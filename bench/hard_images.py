@@ -6,6 +6,11 @@ networks, counts for each image how many of those networks misread it, and draws
 them misread, each with its label and the readings given. Whether a person reads them at a glance tells if more
 labels or a better network could still read them, or if the style itself is ambiguous there.
 
+It also redraws the test images with each glyph's coverage (bench/styles.py) and measures, for each image, its
+least legible glyph: the share of the glyph's ink no later glyph covers (`least_visible_glyph`), and the share
+that touches no other glyph's ink (`least_apart_glyph`). `by_band` groups the images by each measure and gives
+the share of their readings that were misread: whether the networks fail where glyphs are hidden.
+
     python -m bench.hard_images --style overlap6
 
 Writes bench/results/hard_images_<style>.json and .png.
@@ -28,7 +33,7 @@ from PIL import Image
 
 from bench.draws import TEST_IMAGES
 from bench.learning_curve import RESULTS, TEST_SEED, series_name
-from bench.styles import STYLES
+from bench.styles import STYLES, Style, apart_shares, visible_shares
 from captcha_mlops.labels import label_from_name
 
 
@@ -58,17 +63,48 @@ def ranked(misreadings: Iterable[list[list[str]]]) -> list[dict]:
     return [{"truth": t, "misread_by": c.total(), "readings": dict(c.most_common())} for t, c in order]
 
 
+LEGIBILITY = {"least_visible_glyph": visible_shares, "least_apart_glyph": apart_shares}
+
+
+def legibility(style: Style) -> dict[str, dict[str, float]]:
+    """Each test image's (by its label) least visible and least apart glyph share."""
+    return {
+        drawing.label: {name: round(min(shares(drawing.glyph_masks)), 3) for name, shares in LEGIBILITY.items()}
+        for drawing in style.drawings(TEST_IMAGES, TEST_SEED, glyph_masks=True)
+    }
+
+
+BANDS = (0.0, 0.8, 0.9, 0.95, 1.0)  # the last band holds the images whose every glyph is whole (share 1.0)
+
+
+def by_band(images: list[dict], measures: dict[str, dict[str, float]], networks: int) -> dict[str, list[dict]]:
+    """Per legibility measure, the test images in bands of their least legible glyph's share (from BANDS[i] up to
+    BANDS[i + 1]): how many, and the share of their readings (one per network) that were misread."""
+    misread_by = {image["truth"]: image["misread_by"] for image in images}
+    bands = {}
+    for name in LEGIBILITY:
+        bands[name] = []
+        for low, high in zip(BANDS, [*BANDS[1:], float("inf")]):
+            band = [label for label, measure in measures.items() if low <= measure[name] < high]
+            misread = sum(misread_by.get(label, 0) for label in band)
+            share = round(misread / (len(band) * networks), 4) if band else None
+            bands[name].append({"from": low, "below": high, "images": len(band), "misread_share": share})
+    return bands
+
+
 def draw_sheet(images: list[dict], tests: dict[str, Path], count: int, path: Path) -> None:
-    columns = 3
+    columns = 2
     rows = -(-len(images) // columns)
-    figure, axes = plt.subplots(rows, columns, figsize=(3.2 * columns, 1.6 * rows), squeeze=False)
+    figure, axes = plt.subplots(rows, columns, figsize=(4.2 * columns, 2.0 * rows), squeeze=False)
     for axis in axes.flat:
         axis.axis("off")
     for axis, image in zip(axes.flat, images):
         with Image.open(tests[image["truth"]]) as picture:
             axis.imshow(picture.convert("RGB"))
-        readings = ", ".join(f"{text or '∅'} ({n})" for text, n in image["readings"].items())
-        axis.set_title(f"{image['truth']} — misread by {image['misread_by']}/{count}\n{readings}", fontsize=7)
+        readings = ", ".join(f"{text or '∅'} ({n})" for text, n in list(image["readings"].items())[:4])
+        shares = f"{image['least_visible_glyph']:.0%} uncovered, {image['least_apart_glyph']:.0%} apart"
+        title = f"{image['truth']} — misread by {image['misread_by']}/{count}\nleast legible glyph: {shares}"
+        axis.set_title(f"{title}\n{readings}", fontsize=7)
     figure.tight_layout()
     figure.savefig(path, dpi=90)
 
@@ -82,6 +118,9 @@ def main() -> None:
     if not found:
         raise SystemExit(f"no recorded misreadings of {args.style} from {args.min_labels} labels on")
     images = ranked(misread for _, misread in found)
+    measures = legibility(STYLES[args.style])
+    for image in images:
+        image.update(measures[image["truth"]])
     hard = [image for image in images if 2 * image["misread_by"] >= len(found)]
     out = RESULTS / f"hard_images_{args.style}"
     summary = {
@@ -90,6 +129,8 @@ def main() -> None:
         "test_images": TEST_IMAGES,
         "misread_by_at_least_half": len(hard),
         "misread_by_all": sum(image["misread_by"] == len(found) for image in images),
+        "least_legible_test_image": {name: min(m[name] for m in measures.values()) for name in LEGIBILITY},
+        "by_band": by_band(images, measures, len(found)),
         "images": images,
     }
     with tempfile.TemporaryDirectory() as workdir:

@@ -14,14 +14,23 @@ from __future__ import annotations
 import dataclasses
 import math
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import matplotlib
+import numpy as np
 from captcha.image import DEFAULT_FONTS
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
 MATPLOTLIB_FONTS = Path(matplotlib.get_data_path()) / "fonts" / "ttf"
+
+
+@dataclasses.dataclass(frozen=True)
+class Drawing:
+    label: str
+    image: Image.Image
+    save_options: dict
+    glyph_masks: list[Image.Image] | None  # each glyph's coverage as drawn (0-255), first drawn first
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,26 +42,57 @@ class Style:
     width: int
     height: int
     suffix: str
-    draw: Callable[[str, random.Random], Image.Image]
+    draw: Callable[[str, random.Random, list[Image.Image] | None], Image.Image]
 
     def label(self, rng: random.Random) -> str:
         return "".join(rng.choice(self.charset) for _ in range(rng.randint(self.min_length, self.max_length)))
 
+    def drawings(self, count: int, seed: int, glyph_masks: bool = False) -> Iterator[Drawing]:
+        """`count` captchas, the same for the same seed (the masks change nothing drawn)."""
+        rng = random.Random(f"{self.name}:{seed}")
+        for _ in range(count):
+            label = self.label(rng)
+            masks: list[Image.Image] | None = [] if glyph_masks else None
+            image = self.draw(label, rng, masks)
+            save_options = {"quality": rng.randint(60, 90)} if self.suffix == "jpg" else {}
+            yield Drawing(label, image, save_options, masks)
+
     def write(self, folder: Path, count: int, seed: int) -> list[Path]:
         """`count` labelled images `label_serial.suffix` in `folder`, the same for the same seed."""
-        rng = random.Random(f"{self.name}:{seed}")
         folder.mkdir(parents=True, exist_ok=True)
         paths = []
-        for index in range(count):
-            label = self.label(rng)
-            path = folder / f"{label}_{seed}-{index:05d}.{self.suffix}"
-            image = self.draw(label, rng)
-            image.save(path, **({"quality": rng.randint(60, 90)} if self.suffix == "jpg" else {}))
+        for index, drawing in enumerate(self.drawings(count, seed)):
+            path = folder / f"{drawing.label}_{seed}-{index:05d}.{self.suffix}"
+            drawing.image.save(path, **drawing.save_options)
             paths.append(path)
         return paths
 
 
-def draw_speckle5(label: str, rng: random.Random) -> Image.Image:
+def visible_shares(glyph_masks: list[Image.Image]) -> list[float]:
+    """For each glyph, the share of its ink (coverage over half) that no glyph drawn after it covers."""
+    ink = np.stack([np.asarray(mask) > 127 for mask in glyph_masks])
+    return [share_outside(glyph, ink[index + 1 :].any(axis=0)) for index, glyph in enumerate(ink)]
+
+
+def apart_shares(glyph_masks: list[Image.Image]) -> list[float]:
+    """For each glyph, the share of its ink that neither touches nor lies under or over another glyph's ink:
+    the strokes that can't be taken for a neighbour's."""
+    ink = np.stack([np.asarray(mask) > 127 for mask in glyph_masks])
+    return [share_outside(glyph, grown(np.delete(ink, index, axis=0).any(axis=0))) for index, glyph in enumerate(ink)]
+
+
+def share_outside(glyph: np.ndarray, region: np.ndarray) -> float:
+    return float(1 - (glyph & region).sum() / max(glyph.sum(), 1))
+
+
+def grown(ink: np.ndarray) -> np.ndarray:
+    """`ink` and the pixels next to it (their 8 neighbours)."""
+    height, width = ink.shape
+    padded = np.pad(ink, 1)
+    return np.logical_or.reduce([padded[dy : dy + height, dx : dx + width] for dy in range(3) for dx in range(3)])
+
+
+def draw_speckle5(label: str, rng: random.Random, glyph_masks: list[Image.Image] | None = None) -> Image.Image:
     width, height = 200, 50
     image = Image.new("RGB", (width, height), tuple(rng.randint(200, 255) for _ in range(3)))
     draw = ImageDraw.Draw(image)
@@ -66,7 +106,12 @@ def draw_speckle5(label: str, rng: random.Random) -> Image.Image:
         glyph = Image.new("RGBA", (48, 52), (0, 0, 0, 0))
         ImageDraw.Draw(glyph).text((8, 2), char, font=font, fill=(*[rng.randint(0, 110) for _ in range(3)], 255))
         glyph = glyph.rotate(rng.uniform(-30, 30), resample=Image.Resampling.BICUBIC)
-        image.paste(glyph, (int(10 + index * step + rng.uniform(-4, 4)), rng.randint(-6, 2)), glyph)
+        corner = (int(10 + index * step + rng.uniform(-4, 4)), rng.randint(-6, 2))
+        image.paste(glyph, corner, glyph)
+        if glyph_masks is not None:
+            mask = Image.new("L", (width, height))
+            mask.paste(glyph.getchannel("A"), corner)
+            glyph_masks.append(mask)
     for _ in range(rng.randint(2, 4)):  # interference lines crossing the text
         points = [(0, rng.randrange(height)), (width // 2, rng.randrange(height)), (width, rng.randrange(height))]
         draw.line(points, fill=tuple(rng.randint(40, 160) for _ in range(3)), width=rng.randint(1, 2))

@@ -16,10 +16,10 @@ from PIL import Image
 
 from bench.accuracy import accuracy_ratio
 from bench.draws import record
-from bench.hard_images import ranked
+from bench.hard_images import by_band, ranked
 from bench.learning_curve import plot, recipe, save, series_name
 from bench.serving import cpu_meter, with_cpu
-from bench.styles import STYLES, Style
+from bench.styles import STYLES, Style, apart_shares, visible_shares
 from bench.weight_average import Averages
 from captcha_mlops.labels import label_from_name
 
@@ -105,6 +105,40 @@ def test_hard_images_rank_the_images_most_networks_misread_first() -> None:
     images = ranked([first, second, third])
     assert [(image["truth"], image["misread_by"]) for image in images] == [("mrxhep", 3), ("x7bc", 2), ("hfdncm", 1)]
     assert images[0]["readings"] == {"mxhep": 2, "mjxhep": 1}
+
+
+@pytest.mark.parametrize("style", STYLES.values(), ids=list(STYLES))
+def test_glyph_masks_change_nothing_drawn_and_cover_each_glyph(style: Style, tmp_path: Path) -> None:
+    plain = [(d.label, d.image.tobytes()) for d in style.drawings(4, seed=3)]
+    masked = list(style.drawings(4, seed=3, glyph_masks=True))
+    assert [(d.label, d.image.tobytes()) for d in masked] == plain
+    for drawing in masked:
+        assert len(drawing.glyph_masks) == len(drawing.label)
+        assert all(np.asarray(mask).max() == 255 for mask in drawing.glyph_masks), "each glyph leaves ink"
+
+
+def test_a_glyph_drawn_half_over_another_leaves_it_half_visible() -> None:
+    def square(left: int) -> Image.Image:
+        mask = np.zeros((20, 40), np.uint8)
+        mask[5:15, left : left + 10] = 255
+        return Image.fromarray(mask)
+
+    first, second, far = square(0), square(5), square(28)  # `second` over the right half of `first`
+    assert visible_shares([first, second, far]) == [0.5, 1.0, 1.0]
+    # Ink next to another glyph's counts as not apart: `second`'s column 10, next to `first`'s last (9), too.
+    assert apart_shares([first, second, far]) == [0.4, 0.4, 1.0]
+
+
+def test_legibility_bands_count_the_misreadings_of_their_images() -> None:
+    shares = [0.5, 0.85, 0.86, 0.97, 1.0, 1.0]
+    measures = {
+        label: {"least_visible_glyph": share, "least_apart_glyph": 1.0} for label, share in zip("abcdef", shares)
+    }
+    images = [{"truth": "a", "misread_by": 2}, {"truth": "c", "misread_by": 1}, {"truth": "f", "misread_by": 1}]
+    visible = by_band(images, measures, networks=2)["least_visible_glyph"]
+    assert [band["images"] for band in visible] == [1, 2, 0, 1, 2]  # below 0.8, 0.8-0.9, 0.9-0.95, 0.95-1, whole
+    assert [band["misread_share"] for band in visible] == [1.0, 0.25, None, 0.0, 0.25]
+    assert by_band(images, measures, networks=2)["least_apart_glyph"][-1]["images"] == 6
 
 
 def test_accuracy_ratio_is_undefined_when_the_seed_reads_nothing() -> None:
