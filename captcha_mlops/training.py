@@ -200,7 +200,7 @@ def compile_model(model: keras.Model, train: TrainParams, steps: int, arch: str)
     loss = keras.losses.CategoricalCrossentropy(label_smoothing=train.label_smoothing)
     if arch == "ctc":
         loss, metrics = ctc_loss, [on_decoded(metric) for metric in metrics]
-    optimizer = keras.optimizers.AdamW(schedule, weight_decay=1e-4, global_clipnorm=1.0)
+    optimizer = keras.optimizers.AdamW(schedule, weight_decay=train.weight_decay, global_clipnorm=1.0)
     model.compile(optimizer, loss, metrics=metrics)
 
 
