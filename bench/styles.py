@@ -14,8 +14,9 @@ from __future__ import annotations
 import dataclasses
 import math
 import random
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Protocol
 
 import matplotlib
 import numpy as np
@@ -23,6 +24,12 @@ from captcha.image import DEFAULT_FONTS
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
 MATPLOTLIB_FONTS = Path(matplotlib.get_data_path()) / "fonts" / "ttf"
+
+
+class Drawer(Protocol):
+    """Draws a captcha of `label`; with `glyph_masks`, appends each glyph's coverage to it as well."""
+
+    def __call__(self, label: str, rng: random.Random, glyph_masks: list[Image.Image] | None = None) -> Image.Image: ...
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,7 +49,7 @@ class Style:
     width: int
     height: int
     suffix: str
-    draw: Callable[[str, random.Random, list[Image.Image] | None], Image.Image]
+    draw: Drawer
 
     def label(self, rng: random.Random) -> str:
         return "".join(rng.choice(self.charset) for _ in range(rng.randint(self.min_length, self.max_length)))
