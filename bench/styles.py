@@ -116,9 +116,7 @@ def draw_speckle5(label: str, rng: random.Random, glyph_masks: list[Image.Image]
         corner = (int(10 + index * step + rng.uniform(-4, 4)), rng.randint(-6, 2))
         image.paste(glyph, corner, glyph)
         if glyph_masks is not None:
-            mask = Image.new("L", (width, height))
-            mask.paste(glyph.getchannel("A"), corner)
-            glyph_masks.append(mask)
+            glyph_masks.append(coverage(glyph, corner, image.size))
     for _ in range(rng.randint(2, 4)):  # interference lines crossing the text
         points = [(0, rng.randrange(height)), (width // 2, rng.randrange(height)), (width, rng.randrange(height))]
         draw.line(points, fill=tuple(rng.randint(40, 160) for _ in range(3)), width=rng.randint(1, 2))
@@ -157,16 +155,20 @@ def draw_overlap6(label: str, rng: random.Random, glyph_masks: list[Image.Image]
     warped = sine_warped(text, phase, amplitude)
     image.paste(warped, (0, 0), warped)
     if glyph_masks is not None:
-        for glyph, corner in placed:
-            mask = Image.new("L", (width, height))
-            mask.paste(glyph.getchannel("A"), corner)
-            glyph_masks.append(sine_warped(mask, phase, amplitude))
+        glyph_masks += [sine_warped(coverage(glyph, corner, text.size), phase, amplitude) for glyph, corner in placed]
     for _ in range(rng.randint(2, 3)):  # arcs through the text
         box = sorted(rng.randint(-40, width + 40) for _ in range(2))
         vertical = sorted(rng.randint(-20, height + 20) for _ in range(2))
         box = [box[0], vertical[0], box[1] + 20, vertical[1] + 20]
         draw.arc(box, rng.randint(0, 180), rng.randint(180, 360), fill=(200, 200, 200), width=rng.randint(1, 2))
     return image
+
+
+def coverage(glyph: Image.Image, corner: tuple[int, int], size: tuple[int, int]) -> Image.Image:
+    """An RGBA glyph's alpha, placed at `corner` on a blank canvas of `size`: where it was drawn."""
+    canvas = Image.new("L", size)
+    canvas.paste(glyph.getchannel("A"), corner)
+    return canvas
 
 
 def sine_warped(image: Image.Image, phase: float, amplitude: float) -> Image.Image:

@@ -108,7 +108,7 @@ def test_hard_images_rank_the_images_most_networks_misread_first() -> None:
 
 
 @pytest.mark.parametrize("style", STYLES.values(), ids=list(STYLES))
-def test_glyph_masks_change_nothing_drawn_and_cover_each_glyph(style: Style, tmp_path: Path) -> None:
+def test_glyph_masks_change_nothing_drawn_and_cover_each_glyph(style: Style) -> None:
     plain = [(d.label, d.image.tobytes()) for d in style.drawings(4, seed=3)]
     masked = list(style.drawings(4, seed=3, glyph_masks=True))
     assert [(d.label, d.image.tobytes()) for d in masked] == plain
