@@ -91,7 +91,7 @@ class TrainParams(Section):
     validate_every: int = Field(100, ge=1)
     learning_rate: float = Field(0.002, gt=0)
     label_smoothing: float = Field(0.05, ge=0, lt=1)
-    weight_decay: float = Field(0.05, ge=0)
+    weight_decay: float = Field(1e-4, ge=0)
     augment: bool = True
     validation_ratio: float = Field(0.05, gt=0, lt=1)
     acc_stop: float = 0.995
