@@ -76,11 +76,12 @@ def style_params(style: Style) -> Params:
 
 
 def load_draw(style: Style, params: Params, labels: int, unlabelled: int, draw: int, workdir: Path) -> Draw:
-    pool = style.write(workdir / f"labelled-{draw}", labels, LABELLED_SEED + draw)
+    folder = workdir / f"labelled-{draw}"
+    style.write(folder, labels, LABELLED_SEED + draw)
     # Listed as verify_split lists them: the order decides fit's validation split and batches, so the network
     # trained here is the one the recipe's `train` stage trains on these images.
-    listed, _ = list_inputs([workdir / f"labelled-{draw}"])
-    labelled = [path for path in listed if not in_test_split(path, params.verify_split.test_ratio)]
+    pool, _ = list_inputs([folder])
+    labelled = [path for path in pool if not in_test_split(path, params.verify_split.test_ratio)]
     tests = style.write(workdir / "test", TEST_IMAGES, TEST_SEED)
     data = params.data
     codec = Codec(collect_charset(label_from_name(path) for path in pool), data.max_length)  # as charset_from_data
