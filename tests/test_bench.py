@@ -12,16 +12,18 @@ import keras
 import numpy as np
 import psutil
 import pytest
+import yaml
 from PIL import Image
 
 from bench.accuracy import accuracy_ratio
-from bench.draws import record
+from bench.draws import load_draw, record, style_params
 from bench.hard_images import by_band, ranked
-from bench.learning_curve import plot, recipe, save, series_name
+from bench.learning_curve import LABELLED_SEED, apply, plot, recipe, save, series_name
 from bench.serving import cpu_meter, with_cpu
 from bench.styles import STYLES, Style, apart_shares, visible_shares
 from bench.weight_average import Averages
 from captcha_mlops.labels import label_from_name
+from tests.conftest import run
 
 
 @pytest.mark.parametrize("style", STYLES.values(), ids=list(STYLES))
@@ -219,3 +221,23 @@ def test_weight_averages_follow_keras_ema_rule() -> None:
 
     assert all(np.allclose(a, b, atol=1e-6) for a, b in zip(averages.averages[0.9], keras_average))
     assert not all(np.allclose(a, b, atol=1e-6) for a, b in zip(averages.averages[0.5], keras_average))
+
+
+def test_a_bench_draw_trains_on_what_verify_split_gives_train_and_in_its_order(tmp_path: Path) -> None:
+    """The order of the images decides fit's validation split and batches: a bench trains the recipe's network
+    only if it gets the recipe's train split, image for image, in verify_split's order."""
+    style = STYLES["speckle5"]
+    params = style_params(style)
+    draw = load_draw(style, params, labels=60, unlabelled=0, draw=1, workdir=tmp_path / "bench")
+    project = tmp_path / "project"
+    drawn = style.write(project / "data/new", 60, LABELLED_SEED + 1)  # draw 1's images, as a user would bring them
+    (project / "params.yaml").write_text(yaml.safe_dump(apply(params.model_dump(), recipe(style))))
+
+    run([sys.executable, "-m", "stages.verify_split"], project)
+
+    split = [line.split(",")[0] for line in (project / "data/split/train.csv").read_text().splitlines()[1:]]
+    assert [path.name for path in draw.labelled] == [Path(path).name for path in split]
+    assert [path.name for path in drawn] != sorted(path.name for path in drawn)  # drawing order is another one
+    assert draw.codec.charset == (project / "data/split/charset.txt").read_text()
+    assert draw.targets.tolist() == draw.codec.encode_many(label_from_name(Path(p)) for p in split).tolist()
+    assert len(draw.images) == len(split) and len(draw.test_images) == len(draw.test_truth) == 400
