@@ -16,12 +16,13 @@ import yaml
 from PIL import Image
 
 from bench.accuracy import accuracy_ratio
-from bench.draws import load_draw, record, style_params
+from bench.draws import TEST_IMAGES, load_draw, record, style_params
 from bench.hard_images import by_band, ranked
 from bench.learning_curve import LABELLED_SEED, apply, plot, recipe, save, series_name
 from bench.serving import cpu_meter, with_cpu
 from bench.styles import STYLES, Style, apart_shares, visible_shares
 from bench.weight_average import Averages
+from captcha_mlops.dataset import read_manifest
 from captcha_mlops.labels import label_from_name
 from tests.conftest import run
 
@@ -235,9 +236,9 @@ def test_a_bench_draw_trains_on_what_verify_split_gives_train_and_in_its_order(t
 
     run([sys.executable, "-m", "stages.verify_split"], project)
 
-    split = [line.split(",")[0] for line in (project / "data/split/train.csv").read_text().splitlines()[1:]]
-    assert [path.name for path in draw.labelled] == [Path(path).name for path in split]
+    split = read_manifest(project / "data/split/train.csv")
+    assert [path.name for path in draw.labelled] == [path.name for path, _ in split]
     assert [path.name for path in drawn] != sorted(path.name for path in drawn)  # drawing order is another one
     assert draw.codec.charset == (project / "data/split/charset.txt").read_text()
-    assert draw.targets.tolist() == draw.codec.encode_many(label_from_name(Path(p)) for p in split).tolist()
-    assert len(draw.images) == len(split) and len(draw.test_images) == len(draw.test_truth) == 400
+    assert draw.targets.tolist() == draw.codec.encode_many(label for _, label in split).tolist()
+    assert len(draw.images) == len(split) and len(draw.test_images) == len(draw.test_truth) == TEST_IMAGES
