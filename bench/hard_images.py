@@ -20,8 +20,8 @@ from __future__ import annotations
 
 import argparse
 import collections
+import io
 import json
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -33,8 +33,7 @@ from PIL import Image
 
 from bench.draws import TEST_IMAGES
 from bench.learning_curve import RESULTS, TEST_SEED, series_name
-from bench.styles import STYLES, Style, apart_shares, visible_shares
-from captcha_mlops.labels import label_from_name
+from bench.styles import STYLES, Drawing, apart_shares, visible_shares
 
 
 def networks(style: str, min_labels: int) -> list[tuple[str, list[list[str]]]]:
@@ -66,12 +65,16 @@ def ranked(misreadings: Iterable[list[list[str]]]) -> list[dict]:
 LEGIBILITY = {"least_visible_glyph": visible_shares, "least_apart_glyph": apart_shares}
 
 
-def legibility(style: Style) -> dict[str, dict[str, float]]:
-    """Each test image's (by its label) least visible and least apart glyph share."""
-    return {
-        drawing.label: {name: round(min(shares(drawing.glyph_masks)), 3) for name, shares in LEGIBILITY.items()}
-        for drawing in style.drawings(TEST_IMAGES, TEST_SEED, glyph_masks=True)
-    }
+def legibility(drawing: Drawing) -> dict[str, float]:
+    """A test image's least visible and least apart glyph share."""
+    return {name: round(min(shares(drawing.glyph_masks)), 3) for name, shares in LEGIBILITY.items()}
+
+
+def as_read(drawing: Drawing, suffix: str) -> Image.Image:
+    """The image as the networks read it: saved as the style saves it (a JPEG's compression included)."""
+    encoded = io.BytesIO()
+    drawing.image.save(encoded, format=Image.registered_extensions()[f".{suffix}"], **drawing.save_options)
+    return Image.open(encoded)
 
 
 BANDS = (0.0, 0.8, 0.9, 0.95, 1.0)  # the last band holds the images whose every glyph is whole (share 1.0)
@@ -92,15 +95,14 @@ def by_band(images: list[dict], measures: dict[str, dict[str, float]], networks:
     return bands
 
 
-def draw_sheet(images: list[dict], tests: dict[str, Path], count: int, path: Path) -> None:
+def draw_sheet(images: list[dict], tests: dict[str, Image.Image], count: int, path: Path) -> None:
     columns = 2
     rows = -(-len(images) // columns)
     figure, axes = plt.subplots(rows, columns, figsize=(4.2 * columns, 2.0 * rows), squeeze=False)
     for axis in axes.flat:
         axis.axis("off")
     for axis, image in zip(axes.flat, images):
-        with Image.open(tests[image["truth"]]) as picture:
-            axis.imshow(picture.convert("RGB"))
+        axis.imshow(tests[image["truth"]].convert("RGB"))
         readings = ", ".join(f"{text or '∅'} ({n})" for text, n in list(image["readings"].items())[:4])
         shares = f"{image['least_visible_glyph']:.0%} uncovered, {image['least_apart_glyph']:.0%} apart"
         title = f"{image['truth']} — misread by {image['misread_by']}/{count}\nleast legible glyph: {shares}"
@@ -118,7 +120,11 @@ def main() -> None:
     if not found:
         raise SystemExit(f"no recorded misreadings of {args.style} from {args.min_labels} labels on")
     images = ranked(misread for _, misread in found)
-    measures = legibility(STYLES[args.style])
+    style = STYLES[args.style]
+    drawings = {drawing.label: drawing for drawing in style.drawings(TEST_IMAGES, TEST_SEED, glyph_masks=True)}
+    if len(drawings) < TEST_IMAGES:  # the misreadings name an image by its label
+        raise SystemExit(f"two of {args.style}'s test images share a label: they can't be told apart")
+    measures = {label: legibility(drawing) for label, drawing in drawings.items()}
     for image in images:
         image.update(measures[image["truth"]])
     hard = [image for image in images if 2 * image["misread_by"] >= len(found)]
@@ -133,12 +139,8 @@ def main() -> None:
         "by_band": by_band(images, measures, len(found)),
         "images": images,
     }
-    with tempfile.TemporaryDirectory() as workdir:
-        written = STYLES[args.style].write(Path(workdir), TEST_IMAGES, TEST_SEED)
-        tests = {label_from_name(path): path for path in written}
-        if len(tests) < len(written):  # the misreadings name an image by its label
-            raise SystemExit(f"two of {args.style}'s test images share a label: they can't be told apart")
-        draw_sheet(hard, tests, len(found), out.with_suffix(".png"))
+    tests = {image["truth"]: as_read(drawings[image["truth"]], style.suffix) for image in hard}
+    draw_sheet(hard, tests, len(found), out.with_suffix(".png"))
     out.with_suffix(".json").write_text(json.dumps(summary, indent=2) + "\n")
     print(json.dumps({k: v for k, v in summary.items() if k != "images"}, indent=2))
 
