@@ -9,6 +9,7 @@ import mlflow.data
 import pandas
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, ErrorCode
+from sqlalchemy.engine import make_url
 
 from captcha_mlops.paths import main_checkout_root, tracking_uri
 
@@ -52,11 +53,14 @@ def artifact_location(uri: str, experiment: str) -> str | None:
     """Where a new experiment of a local sqlite store keeps its artifacts: `mlruns/<experiment>` beside the
     database. MLflow's default is `mlruns/` in the working directory of the process that first creates the
     experiment, which for `dvc exp run --temp/--queue` is a copy of the repo DVC deletes afterwards: every later
-    run's model would go there and be lost. Other stores (a tracking server) decide for themselves: None."""
-    if not uri.startswith("sqlite:///"):
+    run's model would go there and be lost. Other stores (a tracking server, a file store, an in-memory
+    database) decide for themselves: None."""
+    if not uri.startswith("sqlite"):  # a server, a file store, databricks: not all of them are SQLAlchemy URLs
         return None
-    database = Path(uri.removeprefix("sqlite:///").split("?", 1)[0]).resolve()
-    return str(database.parent / "mlruns" / experiment)
+    url = make_url(uri)  # as MLflow's sqlite store reads it: sqlite+pysqlite:///..., ?timeout=...
+    if url.database in (None, "", ":memory:"):
+        return None
+    return str(Path(url.database).resolve().parent / "mlruns" / experiment)
 
 
 def log_manifests(manifests: dict[str, Path]) -> None:

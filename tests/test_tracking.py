@@ -33,8 +33,13 @@ def test_artifact_location_resolves_a_relative_store_and_leaves_servers_alone(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.chdir(tmp_path)
-    assert artifact_location("sqlite:///mlflow.db", "captcha-x") == str(tmp_path / "mlruns" / "captcha-x")
+    beside_the_store = str(tmp_path / "mlruns" / "captcha-x")
+    assert artifact_location("sqlite:///mlflow.db", "captcha-x") == beside_the_store
+    assert artifact_location("sqlite+pysqlite:///mlflow.db?timeout=20", "captcha-x") == beside_the_store
+    assert artifact_location("sqlite:///:memory:", "captcha-x") is None
     assert artifact_location("http://127.0.0.1:5000", "captcha-x") is None
+    assert artifact_location("postgresql://mlflow@127.0.0.1:5432/mlflow", "captcha-x") is None
+    assert artifact_location("./mlruns", "captcha-x") is None  # a file store: a path, not a SQLAlchemy URL
 
 
 def test_an_experiment_whose_artifacts_went_to_a_deleted_copy_stops_the_run_saying_how_to_fix_it(
