@@ -293,17 +293,19 @@ def point_key(point: dict) -> tuple:
 
 
 def machine() -> str:
-    """The CPU and the precision `train.precision: auto` trains in on it: they set a point's minutes, and the
-    points of one results file come from different machines."""
+    """The CPU, the instructions its speed depends on and the precision `train.precision: auto` trains in on it:
+    they set a point's minutes, and the points of one results file come from different machines (two CPUs named
+    "AMD EPYC" trained over three times apart: one has AVX-512, the other AVX2 only)."""
     from captcha_mlops.training import resolve_precision  # TensorFlow only once a model is used
 
     cpu = platform.processor() or platform.machine()
     cpuinfo = Path("/proc/cpuinfo")
     if cpuinfo.exists():
-        names = [
-            line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines() if line.startswith("model name")
-        ]
-        cpu = names[0] if names else cpu
+        lines = cpuinfo.read_text().splitlines()
+        names = [line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")]
+        flags = next((line.split(":", 1)[1].split() for line in lines if line.startswith("flags")), [])
+        extensions = [flag for flag in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if flag in flags]
+        cpu = f"{names[0] if names else cpu} ({', '.join(extensions) or 'no AVX2'})"
     return f"{cpu}, {os.cpu_count()} CPU cores, training in {resolve_precision('auto')}"
 
 

@@ -6,6 +6,11 @@ network, dataset, optimizer and training precision: the median of steps 10-50. A
 machine, so the ratio means something where absolute times drift. Writes bench/results/step_time.json.
 
     python -m bench.step_time --commits 65450e9 HEAD --rounds 2
+
+Or one commit in two training precisions (`train.precision`), e.g. to see whether this CPU computes bfloat16
+faster than float32:
+
+    python -m bench.step_time --commits HEAD --precisions float32 mixed_bfloat16 --rounds 3
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from bench.learning_curve import machine
 from captcha_mlops.paths import ROOT
 
 # Run inside a commit's worktree: its own modules, this checkout's data. Early commits kept the dataset and
@@ -45,7 +51,7 @@ keras.utils.set_random_seed(0)
 model = training_model(build_model(params.model, data.height, data.width, data.max_length, codec.num_classes))
 try:  # the precision `fit` trains in, at commits that choose one
     from captcha_mlops.training import computing_in, resolve_precision
-    model = computing_in(model, resolve_precision(params.train.precision))
+    model = computing_in(model, resolve_precision(sys.argv[1] if len(sys.argv) > 1 else params.train.precision))
 except ImportError:
     pass
 compile_model(model, params.train, schedule_steps, "ctc")
@@ -62,12 +68,17 @@ print(json.dumps(round(1000 * float(np.median(times[10:])), 1)))
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--commits", nargs=2, default=["65450e9", "HEAD"])
+    parser.add_argument("--commits", nargs="+", default=["65450e9", "HEAD"], help="two, or one with --precisions")
+    parser.add_argument("--precisions", nargs="*", default=[], help="train.precision values to compare (else params)")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--out", type=Path, default=ROOT / "bench/results/step_time.json")
     args = parser.parse_args()
+    variants = [(commit, precision) for commit in args.commits for precision in args.precisions or [None]]
+    if len(variants) != 2:
+        parser.error("compare two: --commits A B, or --commits A --precisions P Q")
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "TF_CPP_MIN_LOG_LEVEL": "2"}
-    times: dict[str, list[float]] = {commit: [] for commit in args.commits}
+    names = [" ".join(part for part in variant if part) for variant in variants]
+    times: dict[str, list[float]] = {name: [] for name in names}
     with tempfile.TemporaryDirectory(prefix="step-time-") as workdir:
         trees = {}
         for commit in args.commits:
@@ -79,19 +90,19 @@ def main() -> None:
             trees[commit] = tree
         try:
             for _ in range(args.rounds):
-                for commit, tree in trees.items():
-                    result = subprocess.run(
-                        [sys.executable, "-c", STEP], cwd=tree, env=env, capture_output=True, text=True, check=True
-                    )
-                    times[commit].append(json.loads(result.stdout.strip().splitlines()[-1]))
-                    print(f"{commit}: {times[commit][-1]} ms a step", flush=True)
+                for name, (commit, precision) in zip(names, variants):
+                    command = [sys.executable, "-c", STEP, *([precision] if precision else [])]
+                    tree = trees[commit]
+                    result = subprocess.run(command, cwd=tree, env=env, capture_output=True, text=True, check=True)
+                    times[name].append(json.loads(result.stdout.strip().splitlines()[-1]))
+                    print(f"{name}: {times[name][-1]} ms a step", flush=True)
         finally:
             for tree in trees.values():
                 subprocess.run(["git", "worktree", "remove", "--force", str(tree)], cwd=ROOT, check=False)
-    first, second = args.commits
+    first, second = names
     result = {
         "command": "python -m bench.step_time " + " ".join(sys.argv[1:]),
-        "machine": f"{os.cpu_count()} CPU cores",
+        "machine": machine(),
         "ms_per_step": times,
         "ratio_second_to_first": round(sum(times[second]) / sum(times[first]), 3),
     }
