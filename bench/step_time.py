@@ -73,7 +73,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--out", type=Path, default=ROOT / "bench/results/step_time.json")
     args = parser.parse_args()
-    variants = [(commit, precision) for commit in args.commits for precision in args.precisions or [None]]
+    commits = [git("rev-parse", "--short=7", commit) for commit in args.commits]  # HEAD -> the commit it was
+    variants = [(commit, precision) for commit in commits for precision in args.precisions or [None]]
     if len(variants) != 2:
         parser.error("compare two: --commits A B, or --commits A --precisions P Q")
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "TF_CPP_MIN_LOG_LEVEL": "2"}
@@ -81,7 +82,7 @@ def main() -> None:
     times: dict[str, list[float]] = {name: [] for name in names}
     with tempfile.TemporaryDirectory(prefix="step-time-") as workdir:
         trees = {}
-        for commit in args.commits:
+        for commit in commits:
             tree = Path(workdir) / commit
             subprocess.run(["git", "worktree", "add", "-q", "--detach", str(tree), commit], cwd=ROOT, check=True)
             (tree / "data").mkdir(exist_ok=True)
@@ -108,6 +109,10 @@ def main() -> None:
     }
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
+
+
+def git(*args: str) -> str:
+    return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
 
 
 if __name__ == "__main__":

@@ -66,12 +66,17 @@ def weights_sha256(model: keras.Model) -> str:
     return hashlib.sha256(b"".join(weights.tobytes() for weights in model.get_weights())).hexdigest()
 
 
-def resolve_precision(precision: str) -> str:
+# CPU flags (/proc/cpuinfo) of instructions that multiply bfloat16 natively: AMX (Intel Sapphire Rapids on) and
+# AVX-512's bfloat16 dot products (AMD Zen 4 on, Intel Cooper Lake).
+BFLOAT16_CPU_FLAGS = frozenset({"amx_bf16", "avx512_bf16"})
+
+
+def resolve_precision(precision: str, cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
     """`train.precision` made concrete: "auto" is mixed_bfloat16 where the hardware computes bfloat16 natively.
 
-    That is a GPU of compute capability 8 or more (Ampere on), or, without a GPU, a CPU with AMX (Intel
-    Sapphire Rapids on), where one training step of the main job took 0.72x the float32 time (README,
-    "Time"). Elsewhere bfloat16 is emulated and slower, so "auto" is float32.
+    That is a GPU of compute capability 8 or more (Ampere on), or, without a GPU, a CPU with one of
+    BFLOAT16_CPU_FLAGS: one training step took 0.72x the float32 time with AMX and 0.71x with AVX-512's
+    bfloat16 (README, "Time"). Elsewhere bfloat16 is emulated, so "auto" is float32.
     """
     if precision != "auto":
         return precision
@@ -79,9 +84,8 @@ def resolve_precision(precision: str) -> str:
     if gpus:
         capability = tf.config.experimental.get_device_details(gpus[0]).get("compute_capability", (0, 0))
         return "mixed_bfloat16" if capability >= (8, 0) else "float32"
-    cpuinfo = Path("/proc/cpuinfo")
-    has_amx = cpuinfo.exists() and "amx_bf16" in cpuinfo.read_text().split()
-    return "mixed_bfloat16" if has_amx else "float32"
+    flags = set(cpuinfo.read_text().split()) if cpuinfo.exists() else set()
+    return "mixed_bfloat16" if flags & BFLOAT16_CPU_FLAGS else "float32"
 
 
 def computing_in(model: keras.Model, precision: str) -> keras.Model:

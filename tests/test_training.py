@@ -27,6 +27,7 @@ from captcha_mlops.training import (
     not_learning_hint,
     pseudo_labels,
     readings_to_train_on,
+    resolve_precision,
     validation_count,
     validation_split,
 )
@@ -58,6 +59,25 @@ def test_the_budget_is_optimizer_steps_whatever_the_number_of_images(
     logged = np.genfromtxt(tmp_path / "log.csv", delimiter=",", names=True, ndmin=1)
     assert [int(step) for step in logged["step"]] == logged_at
     assert summary["batch_size"] == batch_size_for(summary["train_images"], 64)
+
+
+@pytest.mark.parametrize(
+    ("flags", "auto"),
+    [
+        ("fpu sse2 avx2 fma", "float32"),  # AVX2 only: bfloat16 would be emulated
+        ("avx2 avx512f avx512_vnni", "float32"),  # AVX-512 without its bfloat16 instructions
+        ("avx2 avx512f avx512_bf16", "mixed_bfloat16"),  # AMD Zen 4
+        ("avx512f avx512_bf16 amx_bf16 amx_tile", "mixed_bfloat16"),  # Intel Sapphire Rapids
+    ],
+)
+def test_auto_precision_is_bfloat16_only_where_the_cpu_multiplies_it_natively(
+    tmp_path: Path, flags: str, auto: str
+) -> None:
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(f"processor\t: 0\nmodel name\t: a CPU\nflags\t\t: {flags}\n")
+    assert resolve_precision("auto", cpuinfo) == auto
+    assert resolve_precision("float32", cpuinfo) == "float32"  # what a user sets stays
+    assert resolve_precision("auto", tmp_path / "no-cpuinfo") == "float32"  # not Linux
 
 
 @pytest.mark.parametrize("precision", ["float32", "mixed_bfloat16"])
