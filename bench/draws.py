@@ -106,8 +106,9 @@ def record(out: Path, row: dict, keys: tuple[str, ...], bench: str) -> None:
     out.write_text(json.dumps({**results, "rows": [*kept, measured]}, indent=2) + "\n")
 
 
-def commit() -> str:
-    return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout[:12]
+def commit(revision: str = "HEAD") -> str:
+    """The commit `revision` names, as the benches record it (12 hex digits)."""
+    return subprocess.run(["git", "rev-parse", revision], capture_output=True, text=True, check=True).stdout[:12]
 
 
 @contextlib.contextmanager

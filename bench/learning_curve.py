@@ -296,14 +296,15 @@ def machine() -> str:
     """The CPU, the instructions its speed depends on and the precision `train.precision: auto` trains in on it:
     they set a point's minutes, and the points of one results file come from different machines (two CPUs named
     "AMD EPYC" trained over three times apart: one has AVX-512, the other AVX2 only)."""
-    from captcha_mlops.training import resolve_precision  # TensorFlow only once a model is used
+    from captcha_mlops.training import cpu_flags, resolve_precision  # TensorFlow only once a model is used
 
     cpu = platform.processor() or platform.machine()
     cpuinfo = Path("/proc/cpuinfo")
     if cpuinfo.exists():
-        lines = cpuinfo.read_text().splitlines()
-        names = [line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")]
-        flags = next((line.split(":", 1)[1].split() for line in lines if line.startswith("flags")), [])
+        names = [
+            line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines() if line.startswith("model name")
+        ]
+        flags = cpu_flags(cpuinfo)
         extensions = [flag for flag in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if flag in flags]
         cpu = f"{names[0] if names else cpu} ({', '.join(extensions) or 'no AVX2'})"
     return f"{cpu}, {os.cpu_count()} CPU cores, training in {resolve_precision('auto')}"

@@ -23,6 +23,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from bench.draws import commit as resolve
 from bench.learning_curve import machine
 from captcha_mlops.paths import ROOT
 
@@ -73,7 +74,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--out", type=Path, default=ROOT / "bench/results/step_time.json")
     args = parser.parse_args()
-    commits = [git("rev-parse", "--short=7", commit) for commit in args.commits]  # HEAD -> the commit it was
+    commits = [resolve(commit) for commit in args.commits]  # HEAD -> the commit it was
     variants = [(commit, precision) for commit in commits for precision in args.precisions or [None]]
     if len(variants) != 2:
         parser.error("compare two: --commits A B, or --commits A --precisions P Q")
@@ -109,10 +110,6 @@ def main() -> None:
     }
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
-
-
-def git(*args: str) -> str:
-    return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
 
 
 if __name__ == "__main__":

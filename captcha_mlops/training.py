@@ -84,8 +84,13 @@ def resolve_precision(precision: str, cpuinfo: Path = Path("/proc/cpuinfo")) -> 
     if gpus:
         capability = tf.config.experimental.get_device_details(gpus[0]).get("compute_capability", (0, 0))
         return "mixed_bfloat16" if capability >= (8, 0) else "float32"
-    flags = set(cpuinfo.read_text().split()) if cpuinfo.exists() else set()
-    return "mixed_bfloat16" if flags & BFLOAT16_CPU_FLAGS else "float32"
+    return "mixed_bfloat16" if cpu_flags(cpuinfo) & BFLOAT16_CPU_FLAGS else "float32"
+
+
+def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> frozenset[str]:
+    """The CPU's instruction-set flags: the first `flags` line of /proc/cpuinfo (none where there is none)."""
+    lines = cpuinfo.read_text().splitlines() if cpuinfo.exists() else []
+    return frozenset(next((line.partition(":")[2].split() for line in lines if line.startswith("flags")), []))
 
 
 def computing_in(model: keras.Model, precision: str) -> keras.Model:
