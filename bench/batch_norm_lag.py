@@ -15,10 +15,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 
 import keras
 
+from bench.git import commit
 from captcha_mlops.dataset import load_images, read_manifest
 from captcha_mlops.labels import Codec
 from captcha_mlops.model import build_model, training_model
@@ -85,8 +85,7 @@ def main() -> None:
             }
             print(json.dumps(row), flush=True)
             rows_out.append(row)
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
-    result = {"command": "python -m bench.batch_norm_lag", "commit": commit.stdout.strip(), "rounds": rows_out}
+    result = {"command": "python -m bench.batch_norm_lag", "commit": commit(), "rounds": rows_out}
     with open(args.out, "w") as file:
         file.write(json.dumps(result, indent=2) + "\n")
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
-import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator, Sequence
@@ -104,11 +103,6 @@ def record(out: Path, row: dict, keys: tuple[str, ...], bench: str) -> None:
     kept = [other for other in results["rows"] if [other.get(key) for key in keys] != [row[key] for key in keys]]
     measured = {**row, "command": " ".join(["python -m", bench, *sys.argv[1:]]), "machine": machine()}
     out.write_text(json.dumps({**results, "rows": [*kept, measured]}, indent=2) + "\n")
-
-
-def commit(revision: str = "HEAD") -> str:
-    """The commit `revision` names, as the benches record it (12 hex digits)."""
-    return subprocess.run(["git", "rev-parse", revision], capture_output=True, text=True, check=True).stdout[:12]
 
 
 @contextlib.contextmanager

@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import functools
 import json
-import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -35,6 +34,7 @@ import numpy as np
 import tensorflow as tf
 from PIL import Image
 
+from bench.git import commit
 from bench.learning_curve import LABELLED_SEED, RESULTS, TEST_SEED
 from bench.styles import STYLES
 from captcha_mlops import training
@@ -179,9 +179,8 @@ def main() -> None:
         summary = training.fit(model, images, targets, codec.num_classes, "ctc", train, log, callbacks=callbacks)
         readings = recognizer.read_images([Image.open(path) for path in tests])
     char_accuracy, image_accuracy = text_accuracies([label_from_name(p) for p in tests], [r.text for r in readings])
-    head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout
     result = {
-        "commit": head[:12],
+        "commit": commit(),
         "style": style.name,
         "variant": args.variant,
         "labels": args.labels,

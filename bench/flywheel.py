@@ -28,18 +28,17 @@ import os
 import platform
 import random
 import shutil
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 from PIL import Image
 
+from bench.git import commit as head
 from bench.learning_curve import LABELLED_SEED, RESULTS, TEST_SEED, run_point
 from bench.styles import STYLES
 from captcha_mlops.kept import CaptchaType, KeptImages
 from captcha_mlops.labels import label_from_name
-from captcha_mlops.paths import ROOT
 
 UNLABELLED_SEED = 3  # a third image stream: neither a test nor a start image
 
@@ -62,8 +61,7 @@ def main() -> None:
     )  # bench.learning_curve's: the same code reuses its pretraining
     args = parser.parse_args()
     style = STYLES[args.style]
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True)
-    commit = commit.stdout.strip()
+    commit = head()
 
     with tempfile.TemporaryDirectory(prefix="flywheel-") as workdir:
         work = Path(workdir)
@@ -115,7 +113,7 @@ def main() -> None:
     results = {
         "command": "python -m bench.flywheel " + " ".join(sys.argv[1:]),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores",
-        "commit": commit[:12],
+        "commit": commit,
         "style": style.name,
         "start": {**summary(before), "unlabelled_read": args.unlabelled, "unlabelled_misread": start_misread},
         "arms": arms,

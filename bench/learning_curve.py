@@ -41,6 +41,7 @@ import matplotlib.pyplot as plt
 import yaml
 from PIL import Image
 
+from bench.git import commit as head
 from bench.styles import STYLES, Style
 from captcha_mlops.dataset import read_manifest
 from captcha_mlops.labels import label_from_name
@@ -254,7 +255,7 @@ def main() -> None:
     command = "python -m bench.learning_curve " + " ".join(sys.argv[1:])
     ran_on = machine()
     # Every point runs the same code, whatever is committed meanwhile (a code change re-runs pretraining).
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True)
+    commit = head()
     points = []
     with tempfile.TemporaryDirectory(prefix="curve-data-") as workdir:
         cache = args.dvc_cache
@@ -270,7 +271,7 @@ def main() -> None:
                     point = {
                         "command": command,
                         "machine": ran_on,
-                        **run_point(commit.stdout.strip(), style, pool[:labels], tests, cache, extra, unlabelled=plain),
+                        **run_point(commit, style, pool[:labels], tests, cache, extra, unlabelled=plain),
                         "draw": draw,
                     }
                     print(f"bench: {json.dumps({k: v for k, v in point.items() if k != 'train'})}", flush=True)

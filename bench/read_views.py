@@ -23,7 +23,8 @@ import time
 import keras
 import mlflow
 
-from bench.draws import Draw, commit, load_draw, record, scratch, style_params
+from bench.draws import Draw, load_draw, record, scratch, style_params
+from bench.git import commit
 from bench.learning_curve import RESULTS
 from bench.styles import STYLES
 from captcha_mlops.metrics import text_accuracies

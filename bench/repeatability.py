@@ -22,7 +22,8 @@ import sys
 
 import mlflow
 
-from bench.draws import commit, load_draw, record, scratch, style_params
+from bench.draws import load_draw, record, scratch, style_params
+from bench.git import commit
 from bench.learning_curve import RESULTS
 from bench.styles import STYLES
 from captcha_mlops.training import weights_sha256

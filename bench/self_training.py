@@ -29,7 +29,8 @@ from pathlib import Path
 
 import mlflow
 
-from bench.draws import commit, load_draw, record, scratch, style_params
+from bench.draws import load_draw, record, scratch, style_params
+from bench.git import commit
 from bench.learning_curve import RESULTS
 from bench.styles import STYLES, Style
 from captcha_mlops.labels import label_from_name

@@ -23,7 +23,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from bench.draws import commit as resolve
+from bench.git import commit as resolve
 from bench.learning_curve import machine
 from captcha_mlops.paths import ROOT
 
