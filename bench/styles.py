@@ -7,6 +7,9 @@ from each other, in size, length, charset, fonts, colours and noise:
   speckled background, crossing lines, blur, JPEG.
 - `overlap6`: 160x60, 4 to 6 characters of lowercase letters and digits without look-alikes, light serif and
   italic glyphs that overlap their neighbours on a dark gradient, a sine warp, arcs, PNG.
+- `noise6`: 180x50, 6 characters of digits and mixed-case letters (case counts; no letter whose two cases
+  differ only in size), dark sans glyphs of a colour each on heavy coloured dot noise, lines crossing them,
+  one of them in a glyph's own colour, GIF.
 """
 
 from __future__ import annotations
@@ -164,6 +167,38 @@ def draw_overlap6(label: str, rng: random.Random, glyph_masks: list[Image.Image]
     return image
 
 
+NOISE6_FONTS = ("DejaVuSans.ttf", "DejaVuSans-Bold.ttf", "DejaVuSansMono-Bold.ttf", "DejaVuSans-Oblique.ttf")
+
+
+def draw_noise6(label: str, rng: random.Random, glyph_masks: list[Image.Image] | None = None) -> Image.Image:
+    """A noise6 captcha of `label`: what many real sites draw, a text barely above its noise."""
+    width, height = 180, 50
+    image = Image.new("RGB", (width, height), tuple(rng.randint(190, 255) for _ in range(3)))
+    draw = ImageDraw.Draw(image)
+    for _ in range(width * height // 4):  # a quarter of the pixels, any colour: the heavy noise
+        draw.point((rng.randrange(width), rng.randrange(height)), fill=tuple(rng.randint(0, 255) for _ in range(3)))
+    colours = []
+    step = (width - 16) / len(label)
+    for index, char in enumerate(label):
+        font = ImageFont.truetype(str(MATPLOTLIB_FONTS / rng.choice(NOISE6_FONTS)), rng.randint(26, 34))
+        colour = (*[rng.randint(0, 120) for _ in range(3)], 255)
+        colours.append(colour[:3])
+        glyph = Image.new("RGBA", (44, 50), (0, 0, 0, 0))
+        ImageDraw.Draw(glyph).text((8, 2), char, font=font, fill=colour)
+        glyph = glyph.rotate(rng.uniform(-25, 25), resample=Image.Resampling.BICUBIC)
+        corner = (int(8 + index * step + rng.uniform(-3, 3)) - 8, rng.randint(-6, 4))
+        image.paste(glyph, corner, glyph)
+        if glyph_masks is not None:
+            glyph_masks.append(coverage(glyph, corner, image.size))
+    line_colours = [rng.choice(colours)] + [
+        tuple(rng.randint(0, 160) for _ in range(3)) for _ in range(rng.randint(2, 4))
+    ]
+    for colour in line_colours:  # the first in a glyph's colour: telling text from noise by colour fails
+        points = [(x, rng.randrange(height)) for x in (0, width // 3, 2 * width // 3, width)]
+        draw.line(points, fill=colour, width=rng.randint(1, 2))
+    return image
+
+
 def coverage(glyph: Image.Image, corner: tuple[int, int], size: tuple[int, int]) -> Image.Image:
     """An RGBA glyph's alpha, placed at `corner` on a blank canvas of `size`: where it was drawn."""
     canvas = Image.new("L", size)
@@ -185,5 +220,6 @@ STYLES = {
     for style in (
         Style("speckle5", "23456789ABCDEFGHJKLMNPQRSTUVWXYZ", 5, 5, 200, 50, "jpg", draw_speckle5),
         Style("overlap6", "abcdefhjkmnprstuvwxy345678", 4, 6, 160, 60, "png", draw_overlap6),
+        Style("noise6", "23456789abdefghjmnqrtyABDEFGHJLMNQRTY", 6, 6, 180, 50, "gif", draw_noise6),
     )
 }
