@@ -11,7 +11,7 @@ other points reuse it from DVC's run cache, as a user's repeated `dvc repro` doe
 whole `dvc repro`, pretraining included where it ran. Runs are tracked in this repo's MLflow store
 (experiments `captcha-own_<style>`). Writes bench/results/learning_curve.json and learning_curve.png.
 
-    python -m bench.learning_curve                                   # both styles, 100..1600 labels
+    python -m bench.learning_curve                                   # every style, 100..1600 labels
     python -m bench.learning_curve --styles speckle5 --labels 200 1000
     python -m bench.learning_curve --labels 200 --set pretrain.images=0   # the same without pretraining
     python -m bench.learning_curve --styles overlap6 --labels 1000 --draws 0 1 2   # three sets of 1,000 labels

@@ -1,6 +1,6 @@
 """Own-data captcha styles for the benchmarks: drawn by hand with Pillow, unlike the `captcha` library's.
 
-Each stands for a real site a user might face; both differ from the library the pipeline pretrains on, and
+Each stands for a real site a user might face; all differ from the library the pipeline pretrains on, and
 from each other, in size, length, charset, fonts, colours and noise:
 
 - `speckle5`: 200x50, 5 characters of 23456789A-Z (no I/O), dark glyphs in two fonts rotated ±30° on a light
