@@ -186,7 +186,7 @@ def draw_noise6(label: str, rng: random.Random, glyph_masks: list[Image.Image] |
         glyph = Image.new("RGBA", (44, 50), (0, 0, 0, 0))
         ImageDraw.Draw(glyph).text((8, 2), char, font=font, fill=colour)
         glyph = glyph.rotate(rng.uniform(-25, 25), resample=Image.Resampling.BICUBIC)
-        corner = (int(8 + index * step + rng.uniform(-3, 3)) - 8, rng.randint(-6, 4))
+        corner = (math.floor(index * step + rng.uniform(-3, 3)), rng.randint(-6, 4))
         image.paste(glyph, corner, glyph)
         if glyph_masks is not None:
             glyph_masks.append(coverage(glyph, corner, image.size))
