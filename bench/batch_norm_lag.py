@@ -41,7 +41,7 @@ def main() -> None:
     keras.utils.set_random_seed(train.seed)
     codec = Codec((SPLIT / "charset.txt").read_text(encoding="utf-8"), data.max_length)
     rows = read_manifest(SPLIT / "train.csv")
-    images = load_images([p for p, _ in rows], data.width, data.height, data.color_mode, desc="load")
+    images = load_images([p for p, _ in rows], data, desc="load")
     targets = codec.encode_many(label for _, label in rows)
     val, fit_idx = validation_split(len(images), train)
 

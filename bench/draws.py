@@ -87,10 +87,10 @@ def load_draw(style: Style, params: Params, labels: int, unlabelled: int, draw: 
     return Draw(
         codec=codec,
         labelled=labelled,
-        images=load_images(labelled, data.width, data.height, data.color_mode),
+        images=load_images(labelled, data),
         targets=codec.encode_many(label_from_name(path) for path in labelled),
         unlabelled=style.write(workdir / f"unlabelled-{draw}", unlabelled, UNLABELLED_SEED + draw),
-        test_images=load_images(tests, data.width, data.height, data.color_mode),
+        test_images=load_images(tests, data),
         test_truth=[label_from_name(path) for path in tests],
     )
 

@@ -151,7 +151,7 @@ def main() -> None:
         )
         codec = Codec(charset, data.max_length)
         keras.utils.set_random_seed(args.seed)
-        images = load_images(labelled, data.width, data.height)
+        images = load_images(labelled, data)
         targets = codec.encode_many(label_from_name(path) for path in labelled)
         model = build_model(ModelParams(), data.height, data.width, data.max_length, codec.num_classes)
         model.load_weights(Path(pretrained) / "model.weights.h5")

@@ -37,12 +37,10 @@ from stages.train import self_train
 def scores(model: keras.Model, sample: Draw, params: Params, counts: list[int]) -> dict[str, dict]:
     """Per count of views, how `Recognizer` reads the test images with `model`."""
     data = params.data
-    shape = {"min_length": data.min_length, "max_length": data.max_length, "width": data.width, "height": data.height}
+    form = data.model_dump(include={"min_length", "max_length", "width", "height", "color_mode", "median_filter"})
     result = {}
     for views in counts:
-        meta = ModelMeta(
-            "bench", sample.codec.charset, **shape, arch=params.model.arch, views=views, color_mode=data.color_mode
-        )
+        meta = ModelMeta("bench", sample.codec.charset, **form, arch=params.model.arch, views=views)
         recognizer = Recognizer(model, meta)
         recognizer.read_arrays(sample.test_images)  # trace, and let oneDNN set up for this batch size
         started = time.monotonic()

@@ -40,7 +40,7 @@ params = load_params(); data = params.data
 from pathlib import Path
 codec = Codec(Path("data/split/charset.txt").read_text(), data.max_length)
 rows = read_manifest(Path("data/split/train.csv"))[:4000]
-images = load_images([p for p, _ in rows], data.width, data.height, desc="load")
+images = load_images([p for p, _ in rows], data, desc="load")
 targets = codec.encode_many(label for _, label in rows)
 try:
     from captcha_mlops.training import make_dataset, compile_model

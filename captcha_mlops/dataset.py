@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import functools
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 from PIL import Image
@@ -26,15 +27,21 @@ def read_manifest(path: Path) -> list[tuple[Path, str]]:
         return [(ROOT / row["path"], row["label"]) for row in csv.DictReader(file)]
 
 
-def _load_one(path: Path, width: int, height: int, color_mode: ColorMode) -> np.ndarray:
+class ImageFormat(Protocol):
+    """What the shared preprocessing needs to know: `data.*` params in training, a model's meta.json in serving."""
+
+    width: int
+    height: int
+    color_mode: ColorMode
+    median_filter: int
+
+
+def _load_one(path: Path, form: ImageFormat) -> np.ndarray:
     with Image.open(path) as image:
-        return to_array(image, width, height, color_mode)
+        return to_array(image, form.width, form.height, form.color_mode, form.median_filter)
 
 
-def load_images(
-    paths: list[Path], width: int, height: int, color_mode: ColorMode = "grayscale", desc: str = "load"
-) -> np.ndarray:
+def load_images(paths: list[Path], form: ImageFormat, desc: str = "load") -> np.ndarray:
     """uint8 (n, height, width, channels): the images as the model sees them, via the shared preprocessing."""
-    load = functools.partial(_load_one, width=width, height=height, color_mode=color_mode)
-    arrays = list(parallel_map(load, paths, total=len(paths), desc=desc))
-    return np.stack(arrays) if arrays else np.zeros((0, height, width, CHANNELS[color_mode]), np.uint8)
+    arrays = list(parallel_map(functools.partial(_load_one, form=form), paths, total=len(paths), desc=desc))
+    return np.stack(arrays) if arrays else np.zeros((0, form.height, form.width, CHANNELS[form.color_mode]), np.uint8)

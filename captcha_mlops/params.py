@@ -9,6 +9,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from captcha_mlops.paths import ROOT
+from captcha_mlops.preprocess import check_median_filter
 
 
 class ParamsError(ValueError):
@@ -32,6 +33,7 @@ class DataParams(Section):
     width: int = Field(100, ge=16)
     height: int = Field(60, ge=16)
     color_mode: Literal["grayscale", "rgb"] = "grayscale"
+    median_filter: int = 0
 
     @field_validator("charset")
     @classmethod
@@ -41,6 +43,11 @@ class DataParams(Section):
         if "_" in charset:
             raise ValueError("cannot hold '_': it separates label and serial in file names")
         return charset
+
+    @field_validator("median_filter")
+    @classmethod
+    def _median_filter_side(cls, side: int) -> int:
+        return check_median_filter(side)
 
     @field_validator("max_length")
     @classmethod

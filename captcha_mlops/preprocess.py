@@ -7,7 +7,7 @@ import io
 from typing import Literal
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageFilter, UnidentifiedImageError
 
 # Images above this many pixels are refused before they are decoded (a decompression bomb guard): 2000x2000,
 # far above any captcha. The service's CAPTCHA_MAX_PIXELS starts from it.
@@ -15,6 +15,13 @@ MAX_PIXELS = 4_000_000
 
 ColorMode = Literal["grayscale", "rgb"]  # `data.color_mode`: what the network reads
 CHANNELS: dict[str, int] = {"grayscale": 1, "rgb": 3}
+
+
+def check_median_filter(side: int) -> int:
+    """`side` if it is a median filter's: 0 (none) or an odd number from 3 on (a pixel in the middle)."""
+    if side != 0 and (side < 3 or side % 2 == 0):
+        raise ValueError(f"median_filter: {side}, expected 0 (none) or an odd number from 3 on")
+    return side
 
 
 class BadImage(ValueError):
@@ -53,13 +60,19 @@ def flattened(image: Image.Image) -> Image.Image:
     return image
 
 
-def to_array(image: Image.Image, width: int, height: int, color_mode: ColorMode = "grayscale") -> np.ndarray:
+def to_array(
+    image: Image.Image, width: int, height: int, color_mode: ColorMode = "grayscale", median_filter: int = 0
+) -> np.ndarray:
     """Image of any size/mode -> uint8 (height, width, channels), the model's input: one channel of gray, or
-    ("rgb") three of colour, for sites that tell overlapping glyphs apart by their colours.
+    ("rgb") three of colour, for sites that tell overlapping glyphs apart by their colours. `median_filter`
+    (odd, 0 = none): each pixel becomes the median of the square of that side around it, in the image's own
+    size, where a site's dot noise is still single pixels that resizing would smear into its glyphs.
 
     Scaling to [0, 1] is the model's first layer, so a batch of training images stays uint8 in memory.
     """
     pixels = flattened(image).convert("L" if color_mode == "grayscale" else "RGB")
+    if median_filter:
+        pixels = pixels.filter(ImageFilter.MedianFilter(median_filter))
     if pixels.size != (width, height):
         pixels = pixels.resize((width, height), Image.Resampling.BILINEAR)
     return np.asarray(pixels, dtype=np.uint8).reshape(height, width, CHANNELS[color_mode])

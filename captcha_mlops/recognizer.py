@@ -104,7 +104,8 @@ class Recognizer:
         return cls(model, meta if views is None else dataclasses.replace(meta, views=views))
 
     def prepare(self, image: Image.Image) -> np.ndarray:
-        return to_array(image, self.meta.width, self.meta.height, self.meta.color_mode)
+        meta = self.meta
+        return to_array(image, meta.width, meta.height, meta.color_mode, meta.median_filter)
 
     def read_arrays(self, batch: np.ndarray) -> list[Reading]:
         """uint8 (n, height, width, channels) -> a reading of each image, the majority of its views'."""

@@ -97,7 +97,7 @@ def main() -> None:
     meta = recognizer.meta
     rows = read_manifest(SPLIT / "test.csv")
     paths, truths = [p for p, _ in rows], [label for _, label in rows]
-    images = load_images(paths, meta.width, meta.height, meta.color_mode, desc="load test")
+    images = load_images(paths, meta, desc="load test")
 
     guesses, throughput = read_all(recognizer, images, params.evaluate.batch_size)
     char_acc, image_acc = text_accuracies(truths, guesses)

@@ -107,7 +107,7 @@ def main() -> None:
     charset = (SPLIT / "charset.txt").read_text(encoding="utf-8")
     codec = Codec(charset, data.max_length)
     rows = read_manifest(SPLIT / "train.csv")
-    images = load_images([p for p, _ in rows], data.width, data.height, data.color_mode, desc="load train")
+    images = load_images([p for p, _ in rows], data, desc="load train")
     targets = codec.encode_many(label for _, label in rows)
 
     channels = CHANNELS[data.color_mode]
@@ -167,7 +167,7 @@ def self_train(
     `train.self_training_steps` at half the learning rate, logging its rounds to `log_csv` after the first fit's; the
     summary of both fits, and the readings used."""
     data, train = params.data, params.train
-    plain = load_images(unlabelled, data.width, data.height, data.color_mode, desc="load unlabelled")
+    plain = load_images(unlabelled, data, desc="load unlabelled")
     kept, texts = readings_to_train_on(
         model,
         plain,
@@ -218,6 +218,7 @@ def save_model(model: keras.Model, params: Params, codec: Codec, run_id: str, ve
         run_id=run_id,
         data_version=version,
         color_mode=data.color_mode,
+        median_filter=data.median_filter,
     )
     MODELS.mkdir(parents=True, exist_ok=True)  # the folder is shared with other stages' outputs: keep them
     model.save(MODELS / MODEL_FILE)
