@@ -11,7 +11,8 @@ import json
 from pathlib import Path
 
 from captcha_mlops.labels import Codec
-from captcha_mlops.preprocess import CHANNELS, ColorMode, check_median_filter
+from captcha_mlops.params import check_median_filter
+from captcha_mlops.preprocess import CHANNELS, ColorMode
 
 MODEL_FILE = "model.keras"
 META_FILE = "meta.json"

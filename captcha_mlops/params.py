@@ -9,7 +9,6 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from captcha_mlops.paths import ROOT
-from captcha_mlops.preprocess import check_median_filter
 
 
 class ParamsError(ValueError):
@@ -17,6 +16,13 @@ class ParamsError(ValueError):
 
 
 RENAMED = {"data.name": "data.captcha_type"}  # keys of older params.yaml files, for the error message
+
+
+def check_median_filter(side: int) -> int:
+    """`side` if it is a median filter's: 0 (none) or an odd number from 3 on (a pixel in the middle)."""
+    if side != 0 and (side < 3 or side % 2 == 0):
+        raise ValueError(f"median_filter: {side}, expected 0 (none) or an odd number from 3 on")
+    return side
 
 
 class Section(BaseModel):

@@ -17,13 +17,6 @@ ColorMode = Literal["grayscale", "rgb"]  # `data.color_mode`: what the network r
 CHANNELS: dict[str, int] = {"grayscale": 1, "rgb": 3}
 
 
-def check_median_filter(side: int) -> int:
-    """`side` if it is a median filter's: 0 (none) or an odd number from 3 on (a pixel in the middle)."""
-    if side != 0 and (side < 3 or side % 2 == 0):
-        raise ValueError(f"median_filter: {side}, expected 0 (none) or an odd number from 3 on")
-    return side
-
-
 class BadImage(ValueError):
     """The bytes are not an image we can read."""
 
