@@ -37,7 +37,7 @@ from stages.train import self_train
 def scores(model: keras.Model, sample: Draw, params: Params, counts: list[int]) -> dict[str, dict]:
     """Per count of views, how `Recognizer` reads the test images with `model`."""
     data = params.data
-    form = data.model_dump(include={"min_length", "max_length", "width", "height", "color_mode", "median_filter"})
+    form = data.model_dump(include={"min_length", "max_length", "width", "height", "color_mode"})
     result = {}
     for views in counts:
         meta = ModelMeta("bench", sample.codec.charset, **form, arch=params.model.arch, views=views)

@@ -33,12 +33,11 @@ class ImageFormat(Protocol):
     width: int
     height: int
     color_mode: ColorMode
-    median_filter: int
 
 
 def _load_one(path: Path, form: ImageFormat) -> np.ndarray:
     with Image.open(path) as image:
-        return to_array(image, form.width, form.height, form.color_mode, form.median_filter)
+        return to_array(image, form.width, form.height, form.color_mode)
 
 
 def load_images(paths: list[Path], form: ImageFormat, desc: str = "load") -> np.ndarray:

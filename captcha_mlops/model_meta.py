@@ -11,7 +11,6 @@ import json
 from pathlib import Path
 
 from captcha_mlops.labels import Codec
-from captcha_mlops.params import check_median_filter
 from captcha_mlops.preprocess import CHANNELS, ColorMode
 
 MODEL_FILE = "model.keras"
@@ -48,14 +47,12 @@ class ModelMeta:
     data_version: str = ""
     views: int = 0
     color_mode: ColorMode = "grayscale"  # models trained before data.color_mode read gray
-    median_filter: int = 0  # ... and before data.median_filter read unfiltered
 
     def __post_init__(self) -> None:
         if not 0 <= self.views <= len(VIEWS):
             raise ValueError(f"views: {self.views}, expected 0 to {len(VIEWS)}")
         if self.color_mode not in CHANNELS:
             raise ValueError(f"color_mode: {self.color_mode!r}, expected one of {', '.join(CHANNELS)}")
-        check_median_filter(self.median_filter)
 
     @property
     def channels(self) -> int:

@@ -18,13 +18,6 @@ class ParamsError(ValueError):
 RENAMED = {"data.name": "data.captcha_type"}  # keys of older params.yaml files, for the error message
 
 
-def check_median_filter(side: int) -> int:
-    """`side` if it is a median filter's: 0 (none) or an odd number from 3 on (a pixel in the middle)."""
-    if side != 0 and (side < 3 or side % 2 == 0):
-        raise ValueError(f"median_filter: {side}, expected 0 (none) or an odd number from 3 on")
-    return side
-
-
 class Section(BaseModel):
     # Strict: YAML's `true` is no width and "10" no count (an int still passes for a float).
     model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
@@ -39,7 +32,6 @@ class DataParams(Section):
     width: int = Field(100, ge=16)
     height: int = Field(60, ge=16)
     color_mode: Literal["grayscale", "rgb"] = "grayscale"
-    median_filter: int = 0
 
     @field_validator("charset")
     @classmethod
@@ -49,11 +41,6 @@ class DataParams(Section):
         if "_" in charset:
             raise ValueError("cannot hold '_': it separates label and serial in file names")
         return charset
-
-    @field_validator("median_filter")
-    @classmethod
-    def _median_filter_side(cls, side: int) -> int:
-        return check_median_filter(side)
 
     @field_validator("max_length")
     @classmethod

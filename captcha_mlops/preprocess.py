@@ -7,7 +7,7 @@ import io
 from typing import Literal
 
 import numpy as np
-from PIL import Image, ImageFilter, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
 # Images above this many pixels are refused before they are decoded (a decompression bomb guard): 2000x2000,
 # far above any captcha. The service's CAPTCHA_MAX_PIXELS starts from it.
@@ -53,19 +53,13 @@ def flattened(image: Image.Image) -> Image.Image:
     return image
 
 
-def to_array(
-    image: Image.Image, width: int, height: int, color_mode: ColorMode = "grayscale", median_filter: int = 0
-) -> np.ndarray:
+def to_array(image: Image.Image, width: int, height: int, color_mode: ColorMode = "grayscale") -> np.ndarray:
     """Image of any size/mode -> uint8 (height, width, channels), the model's input: one channel of gray, or
-    ("rgb") three of colour, for sites that tell overlapping glyphs apart by their colours. `median_filter`
-    (odd, 0 = none): each pixel becomes the median of the square of that side around it, in the image's own
-    size, where a site's dot noise is still single pixels that resizing would smear into its glyphs.
+    ("rgb") three of colour, for sites that tell overlapping glyphs apart by their colours.
 
     Scaling to [0, 1] is the model's first layer, so a batch of training images stays uint8 in memory.
     """
     pixels = flattened(image).convert("L" if color_mode == "grayscale" else "RGB")
-    if median_filter:
-        pixels = pixels.filter(ImageFilter.MedianFilter(median_filter))
     if pixels.size != (width, height):
         pixels = pixels.resize((width, height), Image.Resampling.BILINEAR)
     return np.asarray(pixels, dtype=np.uint8).reshape(height, width, CHANNELS[color_mode])

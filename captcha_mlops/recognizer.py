@@ -104,8 +104,7 @@ class Recognizer:
         return cls(model, meta if views is None else dataclasses.replace(meta, views=views))
 
     def prepare(self, image: Image.Image) -> np.ndarray:
-        meta = self.meta
-        return to_array(image, meta.width, meta.height, meta.color_mode, meta.median_filter)
+        return to_array(image, self.meta.width, self.meta.height, self.meta.color_mode)
 
     def read_arrays(self, batch: np.ndarray) -> list[Reading]:
         """uint8 (n, height, width, channels) -> a reading of each image, the majority of its views'."""

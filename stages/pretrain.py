@@ -41,7 +41,7 @@ def synthesize(index: int, data: DataParams, charset: str, fonts: tuple[str, ...
     """
     factory = factory_for(charset, data.min_length, data.max_length, data.width, data.height, fonts)
     label, image = factory.sample(seed, index)
-    pixels = to_array(image, data.width, data.height, data.color_mode, data.median_filter)
+    pixels = to_array(image, data.width, data.height, data.color_mode)
     return label, (255 - pixels if index % 2 else pixels).tobytes()
 
 

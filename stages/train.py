@@ -218,7 +218,6 @@ def save_model(model: keras.Model, params: Params, codec: Codec, run_id: str, ve
         run_id=run_id,
         data_version=version,
         color_mode=data.color_mode,
-        median_filter=data.median_filter,
     )
     MODELS.mkdir(parents=True, exist_ok=True)  # the folder is shared with other stages' outputs: keep them
     model.save(MODELS / MODEL_FILE)

@@ -63,17 +63,6 @@ def test_rgb_keeps_the_colours_gray_makes_alike() -> None:
     assert to_array(its_gray, 4, 4, "rgb")[0, 0].tolist() == [76, 76, 76]
 
 
-def test_median_filter_wipes_out_dots_and_keeps_strokes() -> None:
-    """A site's dot noise is single pixels, its glyphs' strokes are wider: data.median_filter: 3 takes the one
-    away and keeps the other."""
-    image = Image.new("L", (40, 20), 255)
-    image.putpixel((5, 5), 0)  # a dot
-    image.paste(0, (20, 4, 24, 16))  # a stroke 4 pixels wide
-    plain, filtered = to_array(image, 40, 20)[..., 0], to_array(image, 40, 20, median_filter=3)[..., 0]
-    assert plain[5, 5] == 0 and filtered[5, 5] == 255
-    assert (plain[4:16, 20:24] == 0).all() and (filtered[5:15, 20:24] == 0).all()
-
-
 def test_open_image_rejects_bad_bytes() -> None:
     with pytest.raises(BadImage, match="empty"):
         open_image(b"")

@@ -6,7 +6,6 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
-from PIL import Image
 
 from captcha_mlops.labels import Codec
 from captcha_mlops.model import build_model, column_pixels_for, ctc_loss, greedy_ctc_decode, training_model
@@ -188,23 +187,6 @@ def test_meta_of_a_model_from_before_color_mode_reads_gray(tmp_path: Path) -> No
     assert ModelMeta.read(tmp_path).color_mode == "grayscale"
     with pytest.raises(ValueError, match="color_mode: 'cmyk', expected one of grayscale, rgb"):
         ModelMeta("t", "01", 4, 4, 40, 20, "ctc", color_mode="cmyk")
-
-
-def test_the_recognizer_filters_as_its_model_trained(tmp_path: Path) -> None:
-    """A model trained with data.median_filter has it in its meta.json, and the service's preprocessing applies
-    it; models from before the setting read unfiltered."""
-    ModelMeta("t", "01", 4, 4, 40, 20, "ctc", median_filter=3).write(tmp_path)
-    meta = ModelMeta.read(tmp_path)
-    model = build_model(ModelParams(filters=[8, 8, 8]), 20, 40, 4, Codec("01", 4).num_classes)
-    noisy = Image.fromarray(np.random.default_rng(0).choice(np.array([0, 255], np.uint8), (20, 40), p=[0.1, 0.9]))
-    assert (Recognizer(model, meta).prepare(noisy) == to_array(noisy, 40, 20, median_filter=3)).all()
-    assert not (Recognizer(model, meta).prepare(noisy) == to_array(noisy, 40, 20)).all()
-    raw = json.loads((tmp_path / "meta.json").read_text())
-    del raw["median_filter"]
-    (tmp_path / "meta.json").write_text(json.dumps(raw))
-    assert ModelMeta.read(tmp_path).median_filter == 0
-    with pytest.raises(ValueError, match="median_filter: 2, expected 0"):
-        ModelMeta("t", "01", 4, 4, 40, 20, "ctc", median_filter=2)
 
 
 def test_meta_written_before_the_captcha_type_rename_still_reads(tmp_path: Path) -> None:

@@ -41,7 +41,6 @@ def test_missing_sections_take_defaults(tmp_path: Path) -> None:
         ({"data": {"min_length": 5, "max_length": 4}}, "data.max_length: must be >= data.min_length"),
         ({"data": {"charset": "ab_c"}}, "data.charset: cannot hold '_'"),
         ({"data": {"captcha_type": "my captcha"}}, "data.captcha_type: String should match pattern"),
-        ({"data": {"median_filter": 4}}, "data.median_filter: .* 4, expected 0 (none) or an odd number from 3 on"),
         ({"model": {"arch": "resnet"}}, "model.arch: Input should be 'ctc', 'compact' or 'seed'"),
         ({"verify_split": {"test_ratio": 0}}, "verify_split.test_ratio: Input should be greater than 0"),
         ({"train": []}, "train: Input should be a valid dictionary"),
