@@ -11,8 +11,8 @@ images as `train` does (params.yaml's rule) and is read again with each count: b
     python -m bench.read_views --draws 0 1 2 --unlabelled 4000
 
 Writes bench/results/read_views.json (the draws of this run replace those of the same commit, style, labels and
-unlabelled images): per draw, network and count of views the test image and char accuracy, the misreadings
-and the seconds one reading of the 400 images took.
+unlabelled images): per draw, network and count of views the test image and char accuracy, the misreadings,
+the seconds one reading of the 400 images took, and the accuracy had only the unsure readings taken the views'.
 """
 
 from __future__ import annotations
@@ -30,31 +30,59 @@ from bench.styles import STYLES
 from captcha_mlops.metrics import text_accuracies
 from captcha_mlops.model_meta import ModelMeta
 from captcha_mlops.params import Params
-from captcha_mlops.recognizer import Recognizer
+from captcha_mlops.recognizer import Reading, Recognizer
 from stages.train import self_train
+
+UNSURE_BELOW = (0.5, 0.8, 0.9, 0.95, 0.99, 0.999)
+
+
+def least_sure(reading: Reading) -> float:
+    """The probability of the reading's least sure character (0 for an empty reading)."""
+    return min(reading.confidences, default=0.0)
 
 
 def scores(model: keras.Model, sample: Draw, params: Params, counts: list[int]) -> dict[str, dict]:
-    """Per count of views, how `Recognizer` reads the test images with `model`."""
+    """Per count of views, how `Recognizer` reads the test images with `model`; and, against the image alone
+    (`counts` starts with 0), how it would read taking the views' reading only for the images whose own
+    reading has a character less sure than each of `UNSURE_BELOW` ("unsure_below": accuracy and the share of
+    images whose views are read)."""
     data = params.data
     form = data.model_dump(include={"min_length", "max_length", "width", "height", "color_mode"})
-    result = {}
+    result: dict[str, dict] = {}
+    alone: list[Reading] = []
     for views in counts:
         meta = ModelMeta("bench", sample.codec.charset, **form, arch=params.model.arch, views=views)
         recognizer = Recognizer(model, meta)
         recognizer.read_arrays(sample.test_images)  # trace, and let oneDNN set up for this batch size
         started = time.monotonic()
-        readings = [reading.text for reading in recognizer.read_arrays(sample.test_images)]
+        readings = recognizer.read_arrays(sample.test_images)
         seconds = time.monotonic() - started
-        char_accuracy, image_accuracy = text_accuracies(sample.test_truth, readings)
+        texts = [reading.text for reading in readings]
+        char_accuracy, image_accuracy = text_accuracies(sample.test_truth, texts)
         result[f"views_{views}"] = {
             "test_image_accuracy": round(image_accuracy, 4),
             "test_char_accuracy": round(char_accuracy, 4),
             "seconds": round(seconds, 2),
-            "misread": [[t, r] for t, r in zip(sample.test_truth, readings) if t != r],
+            "misread": [[t, r] for t, r in zip(sample.test_truth, texts) if t != r],
         }
+        if views == 0:
+            alone = readings
+        elif alone:
+            result[f"views_{views}"]["unsure_below"] = {
+                str(threshold): gated(sample.test_truth, alone, texts, threshold) for threshold in UNSURE_BELOW
+            }
         print(f"bench: {views} views: {image_accuracy:.4f} ({seconds:.1f} s)", flush=True)
     return result
+
+
+def gated(truth: list[str], alone: list[Reading], in_views: list[str], threshold: float) -> dict[str, float]:
+    """Accuracy and share of views read when only readings with a character below `threshold` take the views'."""
+    unsure = [least_sure(reading) < threshold for reading in alone]
+    texts = [views if doubt else reading.text for reading, views, doubt in zip(alone, in_views, unsure)]
+    return {
+        "test_image_accuracy": round(sum(t == r for t, r in zip(truth, texts)) / len(truth), 4),
+        "reread": round(sum(unsure) / len(unsure), 4),
+    }
 
 
 def main() -> None:
