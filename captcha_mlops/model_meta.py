@@ -46,11 +46,14 @@ class ModelMeta:
     run_id: str = ""
     data_version: str = ""
     views: int = 0
+    views_below: float = 1.0  # views only for images whose own reading has a character less sure (1: every image)
     color_mode: ColorMode = "grayscale"  # models trained before data.color_mode read gray
 
     def __post_init__(self) -> None:
         if not 0 <= self.views <= len(VIEWS):
             raise ValueError(f"views: {self.views}, expected 0 to {len(VIEWS)}")
+        if not 0 < self.views_below <= 1:
+            raise ValueError(f"views_below: {self.views_below}, expected above 0 and at most 1")
         if self.color_mode not in CHANNELS:
             raise ValueError(f"color_mode: {self.color_mode!r}, expected one of {', '.join(CHANNELS)}")
 

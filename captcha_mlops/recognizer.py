@@ -2,9 +2,9 @@
 
 A model directory holds `model.keras` and `meta.json`; the metadata (charset, lengths, image size and colour) is
 written by training and read here, so serving can never disagree with training about them. `views` is how
-many shifted and turned copies of each image are read besides the image itself (the majority reading wins):
-`evaluate` sets it from `evaluate.views` and measures with it, `package` serves the champion with the number
-it was measured with.
+many shifted and turned copies of each image are read besides the image itself (the majority reading wins),
+and `views_below` for which images: those whose own reading has a character less sure than it (1: every image).
+`evaluate` sets both from `evaluate.*` and measures with them, `package` serves the champion as it was measured.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ class Reading:
     text: str
     confidences: list[float]
     valid: bool  # as many characters as the model's captchas have (min_length..max_length)
-    agreement: float = 1.0  # the share of the views (the image and its copies) that read `text`
+    agreement: float = 1.0  # the share of the views read (the image and, if it was unsure, its copies) that read `text`
 
 
 def view_transforms(width: int, height: int, views: int) -> np.ndarray:
@@ -84,36 +84,54 @@ class Recognizer:
         self.model = model
         self.meta = meta
         self.codec = meta.codec
-        transforms = view_transforms(meta.width, meta.height, meta.views)
-        # One traced graph for every batch size: no retracing per request, so memory stays flat. Each view goes
-        # through the network as a batch of its own, not all in one (1 + views) times larger batch: the first
-        # conv's output alone is 1.2 MB an image (160x60, 32 channels, float32), 0.7 GB for 9 views of 64.
+        # One traced graph for every batch size: no retracing per request, so memory stays flat.
         spec = tf.TensorSpec((None, meta.height, meta.width, meta.channels), tf.uint8)
-        self._forward = tf.function(
-            lambda batch: tf.stack([model(view, training=False) for view in with_views(batch, transforms)]),
-            input_signature=[spec],
-        )
+        self._read = tf.function(lambda batch: model(batch, training=False), input_signature=[spec])
+        if meta.views:
+            transforms = view_transforms(meta.width, meta.height, meta.views)
+            # Each copy goes through the network as a batch of its own, not all in one `views` times larger
+            # batch: the first conv's output alone is 1.2 MB an image (160x60, 32 channels, float32), 0.6 GB for
+            # 8 copies of 64.
+            self._read_copies = tf.function(
+                lambda batch: tf.stack([model(copy, training=False) for copy in with_views(batch, transforms)[1:]]),
+                input_signature=[spec],
+            )
 
     @classmethod
-    def load(cls, model_dir: str | Path, views: int | None = None) -> Recognizer:
-        """The model of `model_dir`, reading as many views as its meta.json says, or `views`."""
+    def load(cls, model_dir: str | Path, views: int | None = None, views_below: float | None = None) -> Recognizer:
+        """The model of `model_dir`, reading views as its meta.json says, or `views` of the images whose own reading
+        has a character less sure than `views_below`."""
         model_dir = Path(model_dir)
         custom_objects = {"GreedyCtcDecode": GreedyCtcDecode}  # the `ctc` network's last layer
         model = keras.saving.load_model(model_dir / MODEL_FILE, compile=False, custom_objects=custom_objects)
         meta = ModelMeta.read(model_dir)
-        return cls(model, meta if views is None else dataclasses.replace(meta, views=views))
+        given = {"views": views, "views_below": views_below}
+        return cls(
+            model, dataclasses.replace(meta, **{key: value for key, value in given.items() if value is not None})
+        )
 
     def prepare(self, image: Image.Image) -> np.ndarray:
         return to_array(image, self.meta.width, self.meta.height, self.meta.color_mode)
 
+    def unsure(self, confidences: Sequence[float]) -> bool:
+        """Whether an image whose own reading has these `confidences` is read in its views too."""
+        return self.meta.views_below >= 1 or min(confidences, default=0.0) < self.meta.views_below
+
     def read_arrays(self, batch: np.ndarray) -> list[Reading]:
-        """uint8 (n, height, width, channels) -> a reading of each image, the majority of its views'."""
+        """uint8 (n, height, width, channels) -> a reading of each image: its own, or, where that is unsure and the
+        model reads views, the majority of its views'."""
         if len(batch) == 0:
             return []
-        by_view = self._forward(tf.convert_to_tensor(batch, tf.uint8)).numpy()  # (1 + views, n, length, classes)
+        own = [self.codec.decode(scores) for scores in self._read(tf.convert_to_tensor(batch, tf.uint8)).numpy()]
+        unsure = [index for index, (_, confidences) in enumerate(own) if self.meta.views and self.unsure(confidences)]
+        copies: dict[int, list[tuple[str, list[float]]]] = {}
+        if unsure:
+            by_copy = self._read_copies(tf.convert_to_tensor(batch[unsure], tf.uint8)).numpy()  # (views, unsure, ...)
+            for index, scores in zip(unsure, by_copy.swapaxes(0, 1)):
+                copies[index] = [self.codec.decode(copy_scores) for copy_scores in scores]
         readings = []
-        for views in by_view.swapaxes(0, 1):
-            decoded = [self.codec.decode(probabilities) for probabilities in views]
+        for index, reading in enumerate(own):
+            decoded = [reading, *copies.get(index, [])]
             texts = [text for text, _ in decoded]
             text = majority(texts)
             confidences = decoded[texts.index(text)][1]

@@ -2,9 +2,9 @@
 
 Picks the run of experiment `captcha-<captcha_type>` with the highest `test_image_accuracy` among runs that logged a
 model, registers that model as `captcha-<captcha_type>` (alias `champion`), downloads it FROM MLflow and imports it
-into the BentoML model store as `captcha-<captcha_type>`, reading as many views of each image as its accuracy was
-measured with (`evaluate.views`). So the champion is served, not necessarily the model that the workspace just
-trained. Writes models/bento_model.json, the record of what was packaged.
+into the BentoML model store as `captcha-<captcha_type>`, reading views of each image as its accuracy was measured
+with (`evaluate.views`, `evaluate.views_below`). So the champion is served, not necessarily the model that the
+workspace just trained. Writes models/bento_model.json, the record of what was packaged.
 
     python -m stages.package                 # data.captcha_type from params.yaml
     python -m stages.package --captcha-type digits5  # any other captcha type tracked in the same MLflow store
@@ -33,6 +33,7 @@ from captcha_mlops.tracking import registered_name
 ALIAS = "champion"
 METRIC = "test_image_accuracy"
 VIEWS_METRIC = "test_views"  # evaluate's `evaluate.views`: how many views of each image METRIC was read with
+VIEWS_BELOW_METRIC = "test_views_below"  # ... of the images whose own reading had a character less sure than this
 RECORD = MODELS / "bento_model.json"
 
 
@@ -106,12 +107,14 @@ def package(captcha_type: str, min_accuracy: float) -> dict[str, Any]:
     check_floor(run, min_accuracy)
     version = register_champion(client, name, run, model_uri)
     views = int(run.data.metrics.get(VIEWS_METRIC, 0))  # read as its accuracy was measured
+    views_below = run.data.metrics.get(VIEWS_BELOW_METRIC, 1.0)  # runs from before the setting read every image's
     labels = {
         "captcha_type": captcha_type,
         "mlflow_run_id": run.info.run_id,
         "mlflow_registered_model": name,
         "mlflow_version": str(version.version),
         "views": str(views),
+        "views_below": str(views_below),
     }
     record: dict[str, Any] = {
         **labels,
@@ -129,7 +132,7 @@ def package(captcha_type: str, min_accuracy: float) -> dict[str, Any]:
 
     with tempfile.TemporaryDirectory() as workdir:
         keras_file, meta = download(client, name, run, Path(workdir))
-        meta = dataclasses.replace(meta, views=views)
+        meta = dataclasses.replace(meta, views=views, views_below=views_below)
         metadata = {**dataclasses.asdict(meta), **record}
         with bentoml.models.create(name, labels=labels, metadata=metadata) as bento_model:
             shutil.copyfile(keras_file, bento_model.path_of(MODEL_FILE))

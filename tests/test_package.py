@@ -116,11 +116,11 @@ def test_the_champion_is_packaged_again_for_a_new_reading_and_kept_over_a_worse_
     project_factory: Callable[..., Path],
 ) -> None:
     """Three `dvc repro` of one captcha type (one project: each repro from scratch is minutes on a 2-core CPU).
-    `evaluate.views` reaches the BentoML model's meta.json through the champion's MLflow run, and measuring it again
-    with another count packages it again without training. A newer, barely trained run then leaves the champion, the
-    registry alias and the BentoML model the first run's, and `package` says so."""
+    `evaluate.views` and `evaluate.views_below` reach the BentoML model's meta.json through the champion's MLflow
+    run, and measuring it again with another count packages it again without training. A newer, barely trained run
+    then leaves the champion, the registry alias and the BentoML model the first run's, and `package` says so."""
     train = TINY_PARAMS["train"] | {"steps": 60}
-    evaluate = TINY_PARAMS["evaluate"] | {"views": 2}
+    evaluate = TINY_PARAMS["evaluate"] | {"views": 2, "views_below": 0.9}
     changes = {"data": coin("coin"), "generate": {"count": 200}, "train": train, "evaluate": evaluate}
     root = project_factory("champion", changes)
     env = project_env(root)
@@ -130,6 +130,7 @@ def test_the_champion_is_packaged_again_for_a_new_reading_and_kept_over_a_worse_
     mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
     client = mlflow.MlflowClient()
     assert client.get_run(first["mlflow_run_id"]).data.metrics["test_views"] == 2
+    assert client.get_run(first["mlflow_run_id"]).data.metrics["test_views_below"] == 0.9
 
     change_params(root, "evaluate", views=0)
     output = run(["dvc", "repro"], root, env=env)
@@ -139,8 +140,9 @@ def test_the_champion_is_packaged_again_for_a_new_reading_and_kept_over_a_worse_
     assert second["mlflow_run_id"] == first["mlflow_run_id"] and second["bento_tag"] != first["bento_tag"]
     for record, views in ((first, 2), (second, 0)):
         model_dir = Path(env["BENTOML_HOME"], "models", *record["bento_tag"].split(":"))
-        assert json.loads((model_dir / "meta.json").read_text())["views"] == views
-        assert record["views"] == str(views)
+        meta = json.loads((model_dir / "meta.json").read_text())
+        assert (meta["views"], meta["views_below"]) == (views, 0.9)
+        assert (record["views"], record["views_below"]) == (str(views), "0.9")
 
     change_params(root, "train", steps=1, seed=1)
     output = run(["dvc", "repro"], root, env=env)

@@ -76,9 +76,23 @@ def test_a_recognizer_with_views_reads_what_most_views_read(tmp_path: Path) -> N
     assert voted.confidences == pytest.approx([math.exp(5) / (math.exp(5) + other_classes)] * 4)  # a copy's
 
 
+def test_only_an_unsure_reading_is_read_in_views(tmp_path: Path) -> None:
+    """The dot's own reading, "1111", is 0.993 sure of each character: views_below 0.99 takes it as it is (its
+    copies are not read), 0.999 reads the copies too, and they outvote it."""
+    codec = Codec("0123456789", max_length=4)
+    model_dir = dot_reader(tmp_path, codec)
+    (sure,) = Recognizer.load(model_dir, views=2, views_below=0.99).read_arrays(dotted())
+    (unsure,) = Recognizer.load(model_dir, views=2, views_below=0.999).read_arrays(dotted())
+    assert min(sure.confidences) == pytest.approx(math.exp(10) / (math.exp(10) + math.exp(5) + codec.num_classes - 2))
+    assert (sure.text, sure.agreement) == ("1111", 1.0)
+    assert (unsure.text, unsure.agreement) == ("2222", pytest.approx(2 / 3))
+
+
 def test_views_are_bounded_by_the_copies_there_are() -> None:
     assert EvaluateParams(views=len(VIEWS)).views == len(VIEWS)
     with pytest.raises(ValidationError):
         EvaluateParams(views=len(VIEWS) + 1)
     with pytest.raises(ValueError, match="views"):
         ModelMeta("t", "01", 4, 4, WIDTH, HEIGHT, "ctc", views=len(VIEWS) + 1)
+    with pytest.raises(ValueError, match="views_below: 0, expected above 0"):
+        ModelMeta("t", "01", 4, 4, WIDTH, HEIGHT, "ctc", views_below=0)
