@@ -9,6 +9,7 @@ free of the spread between trainings. With `--unlabelled N`, the network then se
 images as `train` does (params.yaml's rule) and is read again with each count: both remedies together.
 
     python -m bench.read_views --draws 0 1 2 --unlabelled 4000
+    python -m bench.read_views --style speckle5 --views 0 4 --views-below 0.99   # and only the unsure readings' views
 
 Writes bench/results/read_views.json (the draws of this run replace those of the same commit, style, labels and
 unlabelled images): per draw, network and count of views the test image and char accuracy, the misreadings,
@@ -41,17 +42,23 @@ def least_sure(reading: Reading) -> float:
     return min(reading.confidences, default=0.0)
 
 
-def scores(model: keras.Model, sample: Draw, params: Params, counts: list[int]) -> dict[str, dict]:
+def scores(
+    model: keras.Model, sample: Draw, params: Params, counts: list[int], views_below: float = 1.0
+) -> dict[str, dict]:
     """Per count of views, how `Recognizer` reads the test images with `model`; and, against the image alone
     (`counts` starts with 0), how it would read taking the views' reading only for the images whose own
     reading has a character less sure than each of `UNSURE_BELOW` ("unsure_below": accuracy and the share of
-    images whose views are read)."""
+    images whose views are read). With `views_below` under 1, also how `Recognizer` reads that way, and how fast
+    ("views_<n>_below_<views_below>")."""
     data = params.data
     form = data.model_dump(include={"min_length", "max_length", "width", "height", "color_mode"})
+    settings = [(views, 1.0) for views in counts] + [
+        (views, views_below) for views in counts if views and views_below < 1
+    ]
     result: dict[str, dict] = {}
     alone: list[Reading] = []
-    for views in counts:
-        meta = ModelMeta("bench", sample.codec.charset, **form, arch=params.model.arch, views=views)
+    for views, below in settings:
+        meta = ModelMeta("bench", sample.codec.charset, **form, arch=params.model.arch, views=views, views_below=below)
         recognizer = Recognizer(model, meta)
         recognizer.read_arrays(sample.test_images)  # trace, and let oneDNN set up for this batch size
         started = time.monotonic()
@@ -59,7 +66,8 @@ def scores(model: keras.Model, sample: Draw, params: Params, counts: list[int]) 
         seconds = time.monotonic() - started
         texts = [reading.text for reading in readings]
         char_accuracy, image_accuracy = text_accuracies(sample.test_truth, texts)
-        result[f"views_{views}"] = {
+        key = f"views_{views}" if below == 1 else f"views_{views}_below_{below}"
+        result[key] = {
             "test_image_accuracy": round(image_accuracy, 4),
             "test_char_accuracy": round(char_accuracy, 4),
             "seconds": round(seconds, 2),
@@ -67,11 +75,11 @@ def scores(model: keras.Model, sample: Draw, params: Params, counts: list[int]) 
         }
         if views == 0:
             alone = readings
-        elif alone:
-            result[f"views_{views}"]["unsure_below"] = {
+        elif alone and below == 1:
+            result[key]["unsure_below"] = {
                 str(threshold): gated(sample.test_truth, alone, texts, threshold) for threshold in UNSURE_BELOW
             }
-        print(f"bench: {views} views: {image_accuracy:.4f} ({seconds:.1f} s)", flush=True)
+        print(f"bench: {key}: {image_accuracy:.4f} ({seconds:.1f} s)", flush=True)
     return result
 
 
@@ -92,6 +100,9 @@ def main() -> None:
     parser.add_argument("--unlabelled", type=int, default=0, help="then self-train on this many and read again")
     parser.add_argument("--views", nargs="+", type=int, default=[0, 2, 4, 8], help="counts of views to score")
     parser.add_argument("--draws", nargs="+", type=int, default=[0])
+    parser.add_argument(
+        "--views-below", type=float, default=1.0, help="also read each count's views of only the readings this unsure"
+    )
     args = parser.parse_args()
     style = STYLES[args.style]
     params = style_params(style)
@@ -102,7 +113,7 @@ def main() -> None:
             row["unlabelled"] = args.unlabelled
             with mlflow.start_run(run_name=f"draw-{draw}"):
                 model, first = sample.trained(params, workdir / f"log-{draw}.csv")
-            row["labels_only"] = scores(model, sample, params, args.views)
+            row["labels_only"] = scores(model, sample, params, args.views, args.views_below)
             if args.unlabelled:
                 with mlflow.start_run(run_name=f"self-trained-{draw}"):
                     log = workdir / f"log-{draw}-self.csv"
@@ -110,7 +121,7 @@ def main() -> None:
                         model, sample.images, sample.targets, sample.codec, params, sample.unlabelled, first, log
                     )
                 row["readings_used"] = len(readings)
-                row["self_trained"] = scores(model, sample, params, args.views)
+                row["self_trained"] = scores(model, sample, params, args.views, args.views_below)
             keys = ("commit", "style", "labels", "unlabelled", "draw")
             record(RESULTS / "read_views.json", row, keys, "bench.read_views")
 
