@@ -108,8 +108,8 @@ class TrainParams(Section):
 
 class EvaluateParams(Section):
     batch_size: int = Field(256, ge=1)
-    views: int = Field(0, ge=0, le=8)  # at most the copies captcha_mlops.model_meta.VIEWS defines
-    views_below: float = Field(1.0, gt=0, le=1)
+    views: int = Field(4, ge=0, le=8)  # at most the copies captcha_mlops.model_meta.VIEWS defines
+    views_below: float = Field(0.99, gt=0, le=1)
     gallery_size: int = Field(24, ge=0)
 
 

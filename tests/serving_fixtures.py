@@ -24,7 +24,7 @@ DIGITS5 = {
     "width": 120,
     "height": 50,
 }
-DIGITS5_VIEWS = 2  # digits5 is read in views (evaluate.views), alnum4 as is: the service serves each as measured
+DIGITS5_VIEWS = 2  # digits5 is read in 2 views (evaluate.views), alnum4 in the default 4: each served as measured
 MAX_BYTES = 200_000
 
 

@@ -17,6 +17,7 @@ import httpx
 import pytest
 from PIL import Image
 
+from captcha_mlops.params import EvaluateParams
 from captcha_mlops.recognizer import Recognizer
 from tests.serving_fixtures import API_KEY, CAPTCHA_TYPES, DIGITS5_VIEWS, MAX_BYTES, Server
 
@@ -254,7 +255,7 @@ def test_the_served_answer_is_the_offline_recognizer_reading(server: Server, cap
         ]
     model_dir = server.packaged.bento_home / "models" / f"captcha-{captcha_type}" / bodies[0]["version"]
     recognizer = Recognizer.load(model_dir)
-    assert recognizer.meta.views == (DIGITS5_VIEWS if captcha_type == "digits5" else 0)
+    assert recognizer.meta.views == (DIGITS5_VIEWS if captcha_type == "digits5" else EvaluateParams().views)
     readings = recognizer.read_images([Image.open(io.BytesIO(upload)) for upload in uploads])
     for body, reading in zip(bodies, readings):
         assert body["text"] == reading.text and body["valid"] == reading.valid
