@@ -79,7 +79,7 @@ class Kept:
     confidence: float  # the product of the per-character confidences: how sure the model was of the whole text
     valid: bool  # the text has as many characters as the type's captchas
     received: float  # unix time
-    agreement: float = 1.0  # the share of the model's views that read `text` (1 without views, as before it)
+    agreement: float = 1.0  # the share of the views read that read `text` (1: no views, or a sure reading)
 
     @property
     def priority(self) -> tuple[bool, float, float]:
