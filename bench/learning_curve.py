@@ -46,6 +46,7 @@ from bench.styles import STYLES, Style
 from captcha_mlops.dataset import read_manifest
 from captcha_mlops.labels import label_from_name
 from captcha_mlops.metrics import text_accuracies
+from captcha_mlops.params import load_params
 from captcha_mlops.paths import ROOT, tracking_uri
 
 RESULTS = ROOT / "bench" / "results"
@@ -75,21 +76,23 @@ def apply(params: dict, overrides: dict[str, Any]) -> dict:
     return params
 
 
-def read_images(model_dir: Path, paths: list[Path]) -> list:
-    """A trained model's `Reading` of each image, as the service reads it."""
+def read_images(clone: Path, paths: list[Path]) -> list:
+    """The `Reading` of each image by the model trained in `clone`, as its `evaluate`, and the service after it,
+    read: in the clone's `evaluate.views` of the images its `evaluate.views_below` finds unsure."""
     from captcha_mlops.recognizer import Recognizer  # TensorFlow only once a model is used
 
-    recognizer = Recognizer.load(model_dir)
+    reading = load_params(clone / "params.yaml").evaluate
+    recognizer = Recognizer.load(clone / "models", reading.views, reading.views_below)
     readings = []
     for start in range(0, len(paths), 256):
         readings += recognizer.read_images([Image.open(path) for path in paths[start : start + 256]])
     return readings
 
 
-def score(model_dir: Path, test_paths: list[Path]) -> tuple[float, float, list[list[str]]]:
-    """(char, image) accuracy of a trained model on the style's held-out test images, and its misreadings
+def score(clone: Path, test_paths: list[Path]) -> tuple[float, float, list[list[str]]]:
+    """(char, image) accuracy of the model trained in `clone` on the style's held-out test images, and its misreadings
     ([truth, reading] pairs: which images stay misread as labels are added, README "Where overlap6 fails")."""
-    guesses = [reading.text for reading in read_images(model_dir, test_paths)]
+    guesses = [reading.text for reading in read_images(clone, test_paths)]
     truths = [label_from_name(p) for p in test_paths]
     misread = [[truth, guess] for truth, guess in zip(truths, guesses) if truth != guess]
     return *text_accuracies(truths, guesses), misread
@@ -127,8 +130,8 @@ def run_point(
         started = time.monotonic()
         subprocess.run(["dvc", "repro", "evaluate"], cwd=clone, env=env, check=True)
         minutes = (time.monotonic() - started) / 60
-        char_accuracy, image_accuracy, misread = score(clone / "models", tests)
-        readings = read_images(clone / "models", read) if read else None
+        char_accuracy, image_accuracy, misread = score(clone, tests)
+        readings = read_images(clone, read) if read else None
         trained = json.loads((clone / "reports" / "train_metrics.json").read_text())
         used = read_manifest(clone / "reports" / "readings_used.csv")
         pretrained = json.loads((clone / "models" / "pretrained" / "pretrained.json").read_text())
