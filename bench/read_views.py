@@ -31,15 +31,10 @@ from bench.styles import STYLES
 from captcha_mlops.metrics import text_accuracies
 from captcha_mlops.model_meta import ModelMeta
 from captcha_mlops.params import Params
-from captcha_mlops.recognizer import Reading, Recognizer
+from captcha_mlops.recognizer import Reading, Recognizer, unsure
 from stages.train import self_train
 
 UNSURE_BELOW = (0.5, 0.8, 0.9, 0.95, 0.99, 0.999)
-
-
-def least_sure(reading: Reading) -> float:
-    """The probability of the reading's least sure character (0 for an empty reading)."""
-    return min(reading.confidences, default=0.0)
 
 
 def scores(
@@ -85,11 +80,11 @@ def scores(
 
 def gated(truth: list[str], alone: list[Reading], in_views: list[str], threshold: float) -> dict[str, float]:
     """Accuracy and share of views read when only readings with a character below `threshold` take the views'."""
-    unsure = [least_sure(reading) < threshold for reading in alone]
-    texts = [views if doubt else reading.text for reading, views, doubt in zip(alone, in_views, unsure)]
+    doubted = [unsure(reading.confidences, threshold) for reading in alone]  # as Recognizer decides
+    texts = [views if doubt else reading.text for reading, views, doubt in zip(alone, in_views, doubted)]
     return {
         "test_image_accuracy": round(sum(t == r for t, r in zip(truth, texts)) / len(truth), 4),
-        "reread": round(sum(unsure) / len(unsure), 4),
+        "reread": round(sum(doubted) / len(doubted), 4),
     }
 
 

@@ -79,6 +79,12 @@ def majority(texts: Sequence[str]) -> str:
     return best if votes > counts[texts[0]] else texts[0]
 
 
+def unsure(confidences: Sequence[float], views_below: float) -> bool:
+    """Whether a reading with these `confidences` is checked in views: one of its characters is less sure than
+    `views_below` (an empty reading is not sure at all), or `views_below` is 1, every reading."""
+    return views_below >= 1 or min(confidences, default=0.0) < views_below
+
+
 class Recognizer:
     def __init__(self, model: keras.Model, meta: ModelMeta) -> None:
         self.model = model
@@ -113,21 +119,18 @@ class Recognizer:
     def prepare(self, image: Image.Image) -> np.ndarray:
         return to_array(image, self.meta.width, self.meta.height, self.meta.color_mode)
 
-    def unsure(self, confidences: Sequence[float]) -> bool:
-        """Whether an image whose own reading has these `confidences` is read in its views too."""
-        return self.meta.views_below >= 1 or min(confidences, default=0.0) < self.meta.views_below
-
     def read_arrays(self, batch: np.ndarray) -> list[Reading]:
         """uint8 (n, height, width, channels) -> a reading of each image: its own, or, where that is unsure and the
         model reads views, the majority of its views'."""
         if len(batch) == 0:
             return []
         own = [self.codec.decode(scores) for scores in self._read(tf.convert_to_tensor(batch, tf.uint8)).numpy()]
-        unsure = [index for index, (_, confidences) in enumerate(own) if self.meta.views and self.unsure(confidences)]
+        below = self.meta.views_below
+        doubted = [i for i, (_, confidences) in enumerate(own) if unsure(confidences, below)] if self.meta.views else []
         copies: dict[int, list[tuple[str, list[float]]]] = {}
-        if unsure:
-            by_copy = self._read_copies(tf.convert_to_tensor(batch[unsure], tf.uint8)).numpy()  # (views, unsure, ...)
-            for index, scores in zip(unsure, by_copy.swapaxes(0, 1)):
+        if doubted:
+            by_copy = self._read_copies(tf.convert_to_tensor(batch[doubted], tf.uint8)).numpy()  # (views, doubted, ...)
+            for index, scores in zip(doubted, by_copy.swapaxes(0, 1)):
                 copies[index] = [self.codec.decode(copy_scores) for copy_scores in scores]
         readings = []
         for index, reading in enumerate(own):
